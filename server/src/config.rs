@@ -1,0 +1,232 @@
+//! Configuration: built-in defaults, then an optional TOML file, then
+//! environment variables (`TALLY_*`) and flags. Validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pipeline::IngestLimits;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The TOML file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Data directory of the embedded store.
+    pub data_dir: Option<PathBuf>,
+    /// Operator key.
+    pub admin_key: Option<String>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// Largest accepted request message, bytes.
+    pub max_message_bytes: Option<usize>,
+    /// Seconds to let in-flight requests finish at shutdown.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Ingest limits.
+    pub limits: Option<IngestLimits>,
+}
+
+/// Values given on the command line or in the environment (they win over the file).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--listen` / `TALLY_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` / `TALLY_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--admin-key` / `TALLY_ADMIN_KEY`.
+    pub admin_key: Option<String>,
+    /// `--log-format` / `TALLY_LOG_FORMAT`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address of the one port serving gRPC, grpc-web and HTTP/1.1.
+    pub listen: SocketAddr,
+    /// Data directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Operator key; `None` disables the operator principal.
+    pub admin_key: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest accepted request message, bytes.
+    pub max_message_bytes: usize,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Ingest limits.
+    pub limits: IngestLimits,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7750";
+const MIN_ADMIN_KEY_LEN: usize = 16;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            data_dir: PathBuf::from("./tally-data"),
+            admin_key: None,
+            log_format: LogFormat::Text,
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            limits: IngestLimits::default(),
+        }
+    }
+}
+
+/// A configuration problem, reported before the server starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// A value is out of its domain.
+    #[error("invalid setting {name}: {message}")]
+    Invalid {
+        /// Setting name.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the optional file and applies the overrides, then validates.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let file_config = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|err| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: err.to_string(),
+                })?
+            }
+        };
+        Self::resolve(file_config, overrides)
+    }
+
+    /// Layers overrides over the file over the defaults, and validates.
+    pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Self, ConfigError> {
+        let defaults = Config::default();
+        let listen_raw = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_raw.parse().map_err(|_| ConfigError::Invalid {
+            name: "listen",
+            message: format!("{listen_raw:?} is not an address such as 127.0.0.1:7750"),
+        })?;
+        let admin_key = overrides.admin_key.or(file.admin_key).filter(|k| !k.is_empty());
+        if let Some(key) = &admin_key {
+            if key.len() < MIN_ADMIN_KEY_LEN {
+                return Err(ConfigError::Invalid {
+                    name: "admin_key",
+                    message: format!("the operator key must be at least {MIN_ADMIN_KEY_LEN} characters"),
+                });
+            }
+        }
+        let max_message_bytes = file.max_message_bytes.unwrap_or(defaults.max_message_bytes);
+        if !(1024..=256 * 1024 * 1024).contains(&max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "max_message_bytes",
+                message: "must be between 1 KiB and 256 MiB".into(),
+            });
+        }
+        let limits = file.limits.unwrap_or_default();
+        if limits.max_batch_events == 0 || limits.max_batch_events > 100_000 {
+            return Err(ConfigError::Invalid {
+                name: "limits.max_batch_events",
+                message: "must be 1-100000".into(),
+            });
+        }
+        Ok(Self {
+            listen,
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+            admin_key,
+            log_format: overrides
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
+            max_message_bytes,
+            shutdown_grace: file
+                .shutdown_grace_secs
+                .map_or(defaults.shutdown_grace, Duration::from_secs),
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/tally\"").unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:1234".into()),
+            ..Default::default()
+        };
+        let config = Config::resolve(file, overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(config.data_dir, PathBuf::from("/var/tally"));
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                admin_key: Some("short".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("admin_key"), "{err}");
+        let err = toml::from_str::<FileConfig>("lisen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! `tally.v1.IngestService`.
+
+use std::net::IpAddr;
+
+use tally_proto::v1::{self, ingest_service_server::IngestService};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+
+use super::{SharedCore, peer_ip, status};
+use crate::auth::Principal;
+use crate::domain::{SiteId, now_micros};
+use crate::pipeline::RequestFacts;
+
+/// Most non-accepted verdicts listed in a `TrackStream` response.
+const MAX_STREAM_VERDICTS: usize = 10_000;
+
+/// The ingest adapter.
+pub struct IngestApi {
+    core: SharedCore,
+}
+
+impl IngestApi {
+    /// An adapter over the core.
+    pub fn new(core: SharedCore) -> Self {
+        Self { core }
+    }
+
+    /// Resolves the site of a batch, checks the key and origin, and gathers request facts.
+    async fn facts(
+        &self,
+        principal: &Principal,
+        metadata: &MetadataMap,
+        site_id: &str,
+        peer_ip: Option<IpAddr>,
+    ) -> Result<RequestFacts, Status> {
+        let site_id = match (site_id, principal.default_site()) {
+            ("", Some(default)) => default,
+            ("", None) => {
+                return Err(status(crate::error::Error::invalid(
+                    "site_id",
+                    "site_id is required with this key",
+                )));
+            }
+            (given, _) => given,
+        };
+        let site = SiteId::parse(site_id).map_err(status)?;
+        principal.check_ingest(&site).map_err(status)?;
+        let site = self.core.admin.site(&site).await.map_err(status)?;
+        if let Some(origin) = metadata.get("origin").and_then(|o| o.to_str().ok()) {
+            let origin = origin.trim_end_matches('/');
+            if !site.allowed_origins.is_empty() && !site.allowed_origins.iter().any(|o| o == origin) {
+                return Err(Status::permission_denied(format!(
+                    "origin {origin} is not in the allowed origins of site {}",
+                    site.site_id
+                )));
+            }
+        }
+        let user_agent = metadata
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(RequestFacts {
+            site,
+            now_micros: now_micros(),
+            user_agent,
+            peer_ip,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {
+    async fn track(&self, request: Request<v1::TrackRequest>) -> Result<Response<v1::TrackResponse>, Status> {
+        let principal = self.core.principal(request.metadata()).await?;
+        let peer = peer_ip(&request);
+        let facts = self
+            .facts(&principal, request.metadata(), &request.get_ref().site_id, peer)
+            .await?;
+        let response = self
+            .core
+            .ingest
+            .track(&facts, &request.get_ref().events)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response))
+    }
+
+    async fn track_stream(
+        &self,
+        request: Request<Streaming<v1::TrackRequest>>,
+    ) -> Result<Response<v1::TrackStreamResponse>, Status> {
+        let principal = self.core.principal(request.metadata()).await?;
+        let peer = peer_ip(&request);
+        let metadata = request.metadata().clone();
+        let mut stream = request.into_inner();
+        let mut summary = v1::TrackStreamResponse::default();
+        let mut last_site = None;
+        while let Some(batch) = stream.message().await? {
+            let request_index = summary.requests;
+            summary.requests += 1;
+            // Most streams target one site: reuse the facts while it stays the same.
+            let facts = match &last_site {
+                Some((site_id, facts)) if *site_id == batch.site_id => facts,
+                _ => {
+                    let facts = self.facts(&principal, &metadata, &batch.site_id, peer).await?;
+                    &last_site.insert((batch.site_id.clone(), facts)).1
+                }
+            };
+            let facts = RequestFacts {
+                now_micros: now_micros(),
+                ..facts.clone()
+            };
+            let response = self
+                .core
+                .ingest
+                .track(&facts, &batch.events)
+                .await
+                .map_err(status)?;
+            summary.accepted += i64::from(response.accepted);
+            summary.duplicates += i64::from(response.duplicates);
+            summary.rejected += i64::from(response.rejected);
+            for result in response.results {
+                if result.verdict() == v1::Verdict::Accepted {
+                    continue;
+                }
+                if summary.not_accepted.len() == MAX_STREAM_VERDICTS {
+                    summary.not_accepted_truncated = true;
+                    break;
+                }
+                summary.not_accepted.push(v1::StreamEventResult {
+                    request_index,
+                    result: Some(result),
+                });
+            }
+        }
+        Ok(Response::new(summary))
+    }
+}

@@ -1,0 +1,85 @@
+//! `tally.v1.QueryService`.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tally_proto::v1::{self, query_service_server::QueryService};
+use tonic::{Request, Response, Status};
+
+use super::{SharedCore, status};
+
+/// The query adapter.
+pub struct QueryApi {
+    core: SharedCore,
+}
+
+impl QueryApi {
+    /// An adapter over the core.
+    pub fn new(core: SharedCore) -> Self {
+        Self { core }
+    }
+}
+
+type RealtimeStream = Pin<Box<dyn Stream<Item = Result<v1::RealtimeUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl QueryService for QueryApi {
+    async fn run_report(
+        &self,
+        request: Request<v1::RunReportRequest>,
+    ) -> Result<Response<v1::RunReportResponse>, Status> {
+        let site = self
+            .core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        let report = self
+            .core
+            .query
+            .run_report(&site, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(report))
+    }
+
+    async fn run_realtime_report(
+        &self,
+        request: Request<v1::RunRealtimeReportRequest>,
+    ) -> Result<Response<v1::RealtimeReport>, Status> {
+        self.core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        Err(Status::unimplemented("realtime reports are not available yet"))
+    }
+
+    type WatchRealtimeStream = RealtimeStream;
+
+    async fn watch_realtime(
+        &self,
+        request: Request<v1::WatchRealtimeRequest>,
+    ) -> Result<Response<Self::WatchRealtimeStream>, Status> {
+        self.core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        Err(Status::unimplemented("realtime reports are not available yet"))
+    }
+
+    async fn run_funnel_report(
+        &self,
+        request: Request<v1::RunFunnelReportRequest>,
+    ) -> Result<Response<v1::RunFunnelReportResponse>, Status> {
+        self.core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        Err(Status::unimplemented("funnel reports are not available yet"))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<v1::GetMetadataRequest>,
+    ) -> Result<Response<v1::Metadata>, Status> {
+        self.core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        Err(Status::unimplemented("metadata is not available yet"))
+    }
+}

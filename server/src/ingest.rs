@@ -1,0 +1,82 @@
+//! The ingest core: runs each event of a batch through the pipeline, appends
+//! the valid ones (dedup happens in the store) and reports every verdict.
+
+use std::sync::Arc;
+
+use tally_proto::v1;
+
+use crate::domain::SiteId;
+use crate::error::{Error, Result};
+use crate::pipeline::{IngestLimits, Pipeline, RequestFacts};
+use crate::storage::{AppendOutcome, Store};
+
+/// Records events.
+pub struct Ingest {
+    store: Arc<dyn Store>,
+    pipeline: Pipeline,
+    limits: IngestLimits,
+}
+
+impl Ingest {
+    /// An ingest core over `store`.
+    pub fn new(store: Arc<dyn Store>, pipeline: Pipeline, limits: IngestLimits) -> Self {
+        Self {
+            store,
+            pipeline,
+            limits,
+        }
+    }
+
+    /// Validates, enriches and stores a batch; returns one verdict per event.
+    pub async fn track(&self, facts: &RequestFacts, events: &[v1::Event]) -> Result<v1::TrackResponse> {
+        if events.len() > self.limits.max_batch_events {
+            return Err(Error::invalid(
+                "events",
+                format!(
+                    "{} events in one request, the limit is {}",
+                    events.len(),
+                    self.limits.max_batch_events
+                ),
+            ));
+        }
+        let site = SiteId::parse(&facts.site.site_id)?;
+        let mut results = Vec::with_capacity(events.len());
+        let mut accepted_indices = Vec::with_capacity(events.len());
+        let mut to_store = Vec::with_capacity(events.len());
+        for (index, raw) in events.iter().enumerate() {
+            let mut result = v1::EventResult {
+                index: index as i32,
+                event_id: raw.event_id.clone(),
+                ..Default::default()
+            };
+            match self.pipeline.run(raw, facts) {
+                Ok(stored) => {
+                    accepted_indices.push(index);
+                    to_store.push(stored);
+                }
+                Err(rejection) => {
+                    result.set_verdict(v1::Verdict::Rejected);
+                    result.set_reason(rejection.reason);
+                    result.field = rejection.field;
+                    result.message = rejection.message;
+                }
+            }
+            results.push(result);
+        }
+        let outcomes = self.store.append(&site, to_store).await?;
+        for (index, outcome) in accepted_indices.into_iter().zip(outcomes) {
+            let verdict = match outcome {
+                AppendOutcome::Stored => v1::Verdict::Accepted,
+                AppendOutcome::Duplicate => v1::Verdict::Duplicate,
+            };
+            results[index].set_verdict(verdict);
+        }
+        let count = |v: v1::Verdict| results.iter().filter(|r| r.verdict() == v).count() as i32;
+        Ok(v1::TrackResponse {
+            accepted: count(v1::Verdict::Accepted),
+            duplicates: count(v1::Verdict::Duplicate),
+            rejected: count(v1::Verdict::Rejected),
+            results,
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! Tally: a gRPC-first analytics server.
+//!
+//! Layers, with dependencies pointing one way:
+//! `grpc` (tonic adapters) -> core services (`ingest`, `query`, `admin`,
+//! `auth`) -> `pipeline` (validate, enrich) -> `storage` (traits and backends).
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod ingest;
+pub mod pipeline;
+pub mod query;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,94 @@
+//! The `tally` command: `tally serve` runs the server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tally_server::config::{Config, LogFormat, Overrides};
+use tally_server::storage::embedded::EmbeddedStore;
+
+/// Tally: self-hosted, gRPC-first analytics.
+#[derive(Parser)]
+#[command(name = "tally", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server (gRPC, grpc-web, reflection and health on one port).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7750].
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<String>,
+    /// Directory of the embedded store [default: ./tally-data].
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Operator key (at least 16 characters) for AdminService and every site.
+    #[arg(long, env = "TALLY_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Optional TOML configuration file; flags and environment win over it.
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        admin_key: args.admin_key,
+        log_format: args.log_format,
+    };
+    let config = Config::load(args.config.as_deref(), overrides)?;
+    init_logs(config.log_format);
+    if config.admin_key.is_none() {
+        tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
+    }
+    let store = EmbeddedStore::open(&config.data_dir)
+        .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    tally_server::server::run(listener, &config, Arc::new(store), shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! Validation: checks a client event against the limits and copies it into
+//! the stored form (id, time, type, URL parts, properties, revenue, context).
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use tally_proto::v1::{self, RejectReason as R};
+
+use super::{Draft, Outcome, Rejection, Stage};
+use crate::domain::{EventKind, PropValue, StoredMoney, StoredProp};
+
+/// Limits on one event.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestLimits {
+    /// Most events in one request.
+    pub max_batch_events: usize,
+    /// Most properties on one event.
+    pub max_properties: usize,
+    /// Longest URL or referrer, bytes.
+    pub max_url_bytes: usize,
+    /// Longest name, screen, id or context string, bytes.
+    pub max_name_bytes: usize,
+    /// Longest string property value, bytes.
+    pub max_property_value_bytes: usize,
+    /// How far in the past a timestamp may be, seconds.
+    pub max_past_secs: i64,
+    /// How far in the future a timestamp may be, seconds.
+    pub max_future_secs: i64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 1000,
+            max_properties: 50,
+            max_url_bytes: 2000,
+            max_name_bytes: 200,
+            max_property_value_bytes: 1000,
+            max_past_secs: 30 * 86_400,
+            max_future_secs: 86_400,
+        }
+    }
+}
+
+/// Configuration of the validation stage.
+#[derive(Clone, Debug, Default)]
+pub struct ValidateConfig {
+    /// The limits.
+    pub limits: IngestLimits,
+}
+
+impl ValidateConfig {
+    /// The runtime stage.
+    pub fn build(&self) -> Validate {
+        Validate {
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// The validation stage.
+pub struct Validate {
+    limits: IngestLimits,
+}
+
+const MAX_PROPERTY_KEY_BYTES: usize = 100;
+
+impl Validate {
+    fn check_len(&self, field: &str, value: &str, max: usize) -> Outcome {
+        if value.len() > max {
+            return Err(Rejection::new(
+                R::FieldTooLong,
+                field,
+                format!("{field} is {} bytes, the limit is {max}", value.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn required<'s>(&self, field: &str, value: &'s str) -> Result<&'s str, Rejection> {
+        if value.trim().is_empty() {
+            return Err(Rejection::new(
+                R::MissingField,
+                field,
+                format!("{field} is required"),
+            ));
+        }
+        self.check_len(field, value, self.limits.max_name_bytes)?;
+        Ok(value)
+    }
+
+    fn timestamp(&self, draft: &mut Draft<'_>) -> Outcome {
+        let Some(ts) = draft.raw.timestamp else {
+            return Err(Rejection::new(
+                R::MissingField,
+                "timestamp",
+                "timestamp is required",
+            ));
+        };
+        let micros = ts
+            .seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(ts.nanos) / 1000);
+        let now = draft.facts.now_micros;
+        if micros < now - self.limits.max_past_secs * 1_000_000 {
+            return Err(Rejection::new(
+                R::TimestampTooOld,
+                "timestamp",
+                format!(
+                    "timestamp is more than {} s in the past",
+                    self.limits.max_past_secs
+                ),
+            ));
+        }
+        if micros > now + self.limits.max_future_secs * 1_000_000 {
+            return Err(Rejection::new(
+                R::TimestampInFuture,
+                "timestamp",
+                format!(
+                    "timestamp is more than {} s in the future",
+                    self.limits.max_future_secs
+                ),
+            ));
+        }
+        draft.stored.ts_micros = micros;
+        Ok(())
+    }
+
+    fn url(&self, field: &str, raw: &str) -> Result<url::Url, Rejection> {
+        self.check_len(field, raw, self.limits.max_url_bytes)?;
+        let invalid = |why: String| Rejection::new(R::InvalidUrl, field, format!("{field} {why}"));
+        let parsed = url::Url::parse(raw).map_err(|err| invalid(format!("is not an absolute URL: {err}")))?;
+        Ok(parsed).and_then(|u| {
+            if u.host_str().is_none() && matches!(u.scheme(), "http" | "https") {
+                return Err(invalid("has no host".into()));
+            }
+            Ok(u)
+        })
+    }
+
+    fn page(&self, draft: &mut Draft<'_>, required: bool) -> Outcome {
+        let raw = draft.raw.url.trim();
+        if raw.is_empty() {
+            return match required {
+                true => Err(Rejection::new(
+                    R::MissingField,
+                    "url",
+                    "url is required for page views",
+                )),
+                false => Ok(()),
+            };
+        }
+        let url = self.url("url", raw)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Rejection::new(R::InvalidUrl, "url", "url must be an http(s) URL"));
+        }
+        draft.stored.insecure = url.scheme() == "http";
+        draft.stored.hostname = url.host_str().unwrap_or_default().to_owned();
+        draft.stored.path = url.path().to_owned();
+        draft.stored.query = url.query().unwrap_or_default().to_owned();
+        Ok(())
+    }
+
+    fn properties(&self, draft: &mut Draft<'_>) -> Outcome {
+        let props = &draft.raw.properties;
+        if props.len() > self.limits.max_properties {
+            return Err(Rejection::new(
+                R::TooManyProperties,
+                "properties",
+                format!(
+                    "{} properties, the limit is {}",
+                    props.len(),
+                    self.limits.max_properties
+                ),
+            ));
+        }
+        for (key, value) in props {
+            let field = format!("properties.{key}");
+            let key_ok = !key.is_empty()
+                && key.len() <= MAX_PROPERTY_KEY_BYTES
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !key_ok {
+                return Err(Rejection::new(
+                    R::InvalidProperty,
+                    field,
+                    format!(
+                        "property key must be 1-{MAX_PROPERTY_KEY_BYTES} characters of A-Z, a-z, 0-9, '_', '.', '-'"
+                    ),
+                ));
+            }
+            let stored = match &value.value {
+                None => {
+                    return Err(Rejection::new(
+                        R::InvalidProperty,
+                        field,
+                        "property value is empty",
+                    ));
+                }
+                Some(v1::property_value::Value::StringValue(s)) => {
+                    self.check_len(&field, s, self.limits.max_property_value_bytes)?;
+                    PropValue::Str(s.clone())
+                }
+                Some(v1::property_value::Value::NumberValue(n)) if !n.is_finite() => {
+                    return Err(Rejection::new(R::InvalidProperty, field, "number must be finite"));
+                }
+                Some(v1::property_value::Value::NumberValue(n)) => PropValue::Num(*n),
+                Some(v1::property_value::Value::BoolValue(b)) => PropValue::Bool(*b),
+            };
+            draft
+                .stored
+                .properties
+                .insert(key.clone(), StoredProp { value: Some(stored) });
+        }
+        Ok(())
+    }
+
+    fn revenue(&self, draft: &mut Draft<'_>) -> Outcome {
+        let Some(money) = &draft.raw.revenue else {
+            return Ok(());
+        };
+        let code_ok =
+            money.currency_code.len() == 3 && money.currency_code.bytes().all(|b| b.is_ascii_uppercase());
+        if !code_ok {
+            return Err(Rejection::new(
+                R::InvalidRevenue,
+                "revenue.currency_code",
+                "currency_code must be a three-letter ISO 4217 code such as \"EUR\"",
+            ));
+        }
+        let signs_agree = (money.units >= 0 && money.nanos >= 0) || (money.units <= 0 && money.nanos <= 0);
+        if money.nanos.abs() > 999_999_999 || !signs_agree {
+            return Err(Rejection::new(
+                R::InvalidRevenue,
+                "revenue.nanos",
+                "nanos must be within +-999,999,999 and have the sign of units",
+            ));
+        }
+        draft.stored.revenue = Some(StoredMoney {
+            currency: money.currency_code.clone(),
+            units: money.units,
+            nanos: money.nanos,
+        });
+        Ok(())
+    }
+
+    fn context(&self, draft: &mut Draft<'_>) -> Outcome {
+        let ctx = draft.raw.context.clone().unwrap_or_default();
+        let max = self.limits.max_name_bytes;
+        for (field, value) in [
+            ("context.app_version", &ctx.app_version),
+            ("context.locale", &ctx.locale),
+            ("context.os_name", &ctx.os_name),
+            ("context.os_version", &ctx.os_version),
+            ("context.sdk_name", &ctx.sdk_name),
+            ("context.sdk_version", &ctx.sdk_version),
+            ("context.device_model", &ctx.device_model),
+        ] {
+            self.check_len(field, value, max)?;
+        }
+        self.check_len("context.user_agent", &ctx.user_agent, self.limits.max_url_bytes)?;
+        if !ctx.ip.is_empty() {
+            let ip: IpAddr = ctx.ip.parse().map_err(|_| {
+                Rejection::new(
+                    R::InvalidValue,
+                    "context.ip",
+                    format!("{:?} is not an IP address", ctx.ip),
+                )
+            })?;
+            draft.ip = Some(ip);
+        } else {
+            draft.ip = draft.facts.peer_ip;
+        }
+        draft.user_agent = match ctx.user_agent.is_empty() {
+            true => draft.facts.user_agent.clone(),
+            false => ctx.user_agent.clone(),
+        };
+        let stored = &mut draft.stored;
+        stored.app_version = ctx.app_version;
+        stored.locale = ctx.locale;
+        stored.os = ctx.os_name;
+        stored.os_version = ctx.os_version;
+        stored.device_type = ctx.device_type;
+        Ok(())
+    }
+}
+
+impl Stage for Validate {
+    fn apply(&self, draft: &mut Draft<'_>) -> Outcome {
+        let raw = draft.raw;
+        let id = self.required("event_id", &raw.event_id)?;
+        let id = uuid::Uuid::parse_str(id.trim())
+            .ok()
+            .filter(|u| !u.is_nil())
+            .ok_or_else(|| {
+                Rejection::new(
+                    R::InvalidEventId,
+                    "event_id",
+                    format!("event_id {id:?} is not a UUID"),
+                )
+            })?;
+        draft.stored.event_id = id.as_bytes().to_vec();
+        self.timestamp(draft)?;
+
+        let Some(kind) = EventKind::from_i32(raw.r#type) else {
+            return Err(Rejection::new(
+                R::InvalidType,
+                "type",
+                "type must be set to a known EventType",
+            ));
+        };
+        draft.stored.kind = kind as i32;
+        self.check_len("name", &raw.name, self.limits.max_name_bytes)?;
+        match kind {
+            EventKind::Pageview => {
+                self.page(draft, true)?;
+                draft.stored.name = "pageview".into();
+            }
+            EventKind::ScreenView => {
+                let screen = self.required("screen", &raw.screen)?;
+                draft.stored.name = screen.to_owned();
+                draft.stored.path = screen.to_owned();
+            }
+            EventKind::Custom => {
+                draft.stored.name = self.required("name", &raw.name)?.to_owned();
+                self.page(draft, false)?;
+            }
+            EventKind::Identify => {
+                self.required("user_id", &raw.user_id)?;
+                draft.stored.name = "identify".into();
+            }
+            EventKind::Engagement => {
+                draft.stored.name = if raw.name.is_empty() {
+                    "engagement".into()
+                } else {
+                    raw.name.clone()
+                };
+                self.page(draft, false)?;
+            }
+        }
+        if !raw.referrer.is_empty() {
+            self.url("referrer", &raw.referrer)?;
+            draft.stored.referrer = raw.referrer.clone();
+        }
+        for (field, value) in [("user_id", &raw.user_id), ("anonymous_id", &raw.anonymous_id)] {
+            self.check_len(field, value, self.limits.max_name_bytes)?;
+        }
+        draft.stored.user_id = raw.user_id.clone();
+        if let Some(session) = &raw.session {
+            self.check_len(
+                "session.session_id",
+                &session.session_id,
+                self.limits.max_name_bytes,
+            )?;
+            draft.stored.client_session = session.session_id.clone();
+        }
+        draft.stored.non_interaction = raw.non_interaction;
+        self.properties(draft)?;
+        self.revenue(draft)?;
+        self.context(draft)
+    }
+}

@@ -1,0 +1,138 @@
+//! Assembles the services and serves them on one port: gRPC, grpc-web
+//! (HTTP/1.1 and CORS), reflection v1 and v1alpha, and `grpc.health.v1`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{HeaderName, Method};
+use tally_proto::v1::{
+    admin_service_server::AdminServiceServer, ingest_service_server::IngestServiceServer,
+    query_service_server::QueryServiceServer, session_service_server::SessionServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::admin::Admin;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::grpc::{AdminApi, Core, IngestApi, QueryApi, SessionApi};
+use crate::ingest::Ingest;
+use crate::pipeline::{Pipeline, ValidateConfig, VisitorConfig};
+use crate::query::Query;
+use crate::storage::Store;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The store failed at start-up.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Builds the core services over `store`.
+pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Core>, ServeError> {
+    let secret = store.instance_secret().await?;
+    let pipeline = Pipeline::build(
+        &ValidateConfig {
+            limits: config.limits.clone(),
+        },
+        &VisitorConfig::default(),
+        secret,
+    );
+    Ok(Arc::new(Core {
+        auth: Authenticator::new(store.clone(), config.admin_key.as_deref()),
+        ingest: Ingest::new(store.clone(), pipeline, config.limits.clone()),
+        query: Query::new(store.clone()),
+        admin: Admin::new(store),
+    }))
+}
+
+fn cors() -> CorsLayer {
+    let header = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header("content-type"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+            header("authorization"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+        ])
+        .max_age(std::time::Duration::from_secs(86_400))
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn run(
+    listener: TcpListener,
+    config: &Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let core = build_core(config, store).await?;
+    let max = config.max_message_bytes;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so grpcurl can print BadRequest and RetryInfo.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServiceServer<IngestApi>>().await;
+    health.set_serving::<QueryServiceServer<QueryApi>>().await;
+    health.set_serving::<SessionServiceServer<SessionApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        notify.notify_one();
+    };
+    // Streams such as WatchRealtime may never end by themselves: bound the drain.
+    let grace_over = async {
+        stopping.notified().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tally serving");
+    let serve = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(cors())
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IngestServiceServer::new(IngestApi::new(core.clone())).max_decoding_message_size(max))
+        .add_service(QueryServiceServer::new(QueryApi::new(core.clone())).max_decoding_message_size(max))
+        .add_service(SessionServiceServer::new(SessionApi::new(core.clone())).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(AdminApi::new(core)).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => tracing::warn!("grace period over: closing the remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

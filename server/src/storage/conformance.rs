@@ -1,0 +1,259 @@
+//! The storage conformance suite, written once and run against every backend.
+//!
+//! A backend's test calls [`run_all`] with a function that makes a fresh,
+//! isolated store (a new directory, keyspace or key prefix) for each case.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+
+use super::{AppendOutcome, Store};
+use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
+
+type Case = (
+    &'static str,
+    fn(Arc<dyn Store>) -> futures::future::BoxFuture<'static, ()>,
+);
+
+/// Every case of the suite, by name.
+pub fn cases() -> Vec<Case> {
+    vec![
+        ("append_then_scan_in_time_order", |s| {
+            Box::pin(append_then_scan_in_time_order(s))
+        }),
+        ("duplicates_across_calls", |s| {
+            Box::pin(duplicates_across_calls(s))
+        }),
+        ("duplicates_within_a_call", |s| {
+            Box::pin(duplicates_within_a_call(s))
+        }),
+        ("scan_range_is_half_open", |s| {
+            Box::pin(scan_range_is_half_open(s))
+        }),
+        ("sites_are_isolated", |s| Box::pin(sites_are_isolated(s))),
+        ("concurrent_appends_all_land_once", |s| {
+            Box::pin(concurrent_appends_all_land_once(s))
+        }),
+        ("site_records_round_trip", |s| {
+            Box::pin(site_records_round_trip(s))
+        }),
+        ("keys_round_trip", |s| Box::pin(keys_round_trip(s))),
+        ("instance_secret_is_stable", |s| {
+            Box::pin(instance_secret_is_stable(s))
+        }),
+    ]
+}
+
+/// Runs every case, each on a fresh store from `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    for (name, case) in cases() {
+        eprintln!("conformance: {name}");
+        case(make().await).await;
+    }
+}
+
+fn site(id: &str) -> SiteRecord {
+    SiteRecord {
+        site_id: id.into(),
+        domain: format!("{id}.example"),
+        time_zone: "UTC".into(),
+        ..Default::default()
+    }
+}
+
+async fn with_site(store: &Arc<dyn Store>, id: &str) -> SiteId {
+    assert!(
+        store.insert_site(site(id)).await.unwrap(),
+        "new site {id} inserted"
+    );
+    SiteId::parse(id).unwrap()
+}
+
+fn event(n: u128, ts_micros: i64) -> StoredEvent {
+    StoredEvent {
+        event_id: uuid::Uuid::from_u128(n).as_bytes().to_vec(),
+        ts_micros,
+        kind: 1,
+        name: "pageview".into(),
+        path: format!("/p/{n}"),
+        visitor: n as u64,
+        ..Default::default()
+    }
+}
+
+async fn scan_all(store: &Arc<dyn Store>, site: &SiteId, from: i64, to: i64) -> Vec<StoredEvent> {
+    let chunks: Vec<Vec<StoredEvent>> = store.scan(site, from, to).try_collect().await.unwrap();
+    chunks.into_iter().flatten().collect()
+}
+
+async fn append_then_scan_in_time_order(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    // Appended out of order, across chunk boundaries.
+    let events: Vec<StoredEvent> = (0..10_000u128)
+        .map(|n| event(n, ((n * 7919) % 10_000) as i64 * 1000))
+        .collect();
+    let outcomes = store.append(&site, events.clone()).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == AppendOutcome::Stored));
+    let scanned = scan_all(&store, &site, i64::MIN, i64::MAX).await;
+    assert_eq!(scanned.len(), events.len());
+    assert!(scanned.windows(2).all(|w| w[0].ts_micros <= w[1].ts_micros));
+    let mut expected = events;
+    expected.sort_by_key(|e| (e.ts_micros, e.event_id.clone()));
+    assert_eq!(scanned, expected, "events come back exactly as stored");
+}
+
+async fn duplicates_across_calls(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    let first = store
+        .append(&site, vec![event(1, 10), event(2, 20)])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![AppendOutcome::Stored, AppendOutcome::Stored]);
+    // Same ids, even with other timestamps, are duplicates.
+    let again = store
+        .append(&site, vec![event(2, 99), event(3, 30), event(1, 10)])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![
+            AppendOutcome::Duplicate,
+            AppendOutcome::Stored,
+            AppendOutcome::Duplicate
+        ]
+    );
+    assert_eq!(scan_all(&store, &site, 0, 1000).await.len(), 3);
+}
+
+async fn duplicates_within_a_call(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    let outcomes = store
+        .append(&site, vec![event(5, 1), event(5, 2), event(6, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            AppendOutcome::Stored,
+            AppendOutcome::Duplicate,
+            AppendOutcome::Stored
+        ]
+    );
+    let stored = scan_all(&store, &site, 0, 10).await;
+    assert_eq!(stored.iter().map(|e| e.ts_micros).collect::<Vec<_>>(), vec![1, 3]);
+}
+
+async fn scan_range_is_half_open(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    let events = (0..10u128).map(|n| event(n, n as i64 * 100 - 500)).collect();
+    store.append(&site, events).await.unwrap();
+    let got = scan_all(&store, &site, -300, 200).await;
+    assert_eq!(
+        got.iter().map(|e| e.ts_micros).collect::<Vec<_>>(),
+        vec![-300, -200, -100, 0, 100]
+    );
+    assert!(scan_all(&store, &site, 10_000, 20_000).await.is_empty());
+}
+
+async fn sites_are_isolated(store: Arc<dyn Store>) {
+    let a = with_site(&store, "a").await;
+    let b = with_site(&store, "b").await;
+    store.append(&a, vec![event(1, 1), event(2, 2)]).await.unwrap();
+    // The same event id on another site is a different event.
+    assert_eq!(
+        store.append(&b, vec![event(1, 1)]).await.unwrap(),
+        vec![AppendOutcome::Stored]
+    );
+    assert_eq!(scan_all(&store, &a, 0, 10).await.len(), 2);
+    assert_eq!(scan_all(&store, &b, 0, 10).await.len(), 1);
+    let unknown = SiteId::parse("nope").unwrap();
+    assert!(scan_all(&store, &unknown, 0, 10).await.is_empty());
+    assert!(store.append(&unknown, vec![event(9, 1)]).await.is_err());
+}
+
+async fn concurrent_appends_all_land_once(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    // 8 writers, overlapping id ranges: every id is stored exactly once.
+    let mut tasks = Vec::new();
+    for writer in 0..8u128 {
+        let store = store.clone();
+        let site = site.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0;
+            for batch in 0..10u128 {
+                let start = (writer % 4) * 1000 + batch * 100;
+                let events = (start..start + 100).map(|n| event(n, n as i64)).collect();
+                let outcomes = store.append(&site, events).await.unwrap();
+                stored += outcomes.iter().filter(|o| **o == AppendOutcome::Stored).count();
+            }
+            stored
+        }));
+    }
+    let mut stored_total = 0;
+    for task in tasks {
+        stored_total += task.await.unwrap();
+    }
+    assert_eq!(stored_total, 4000, "each of the 4,000 distinct ids stored once");
+    assert_eq!(scan_all(&store, &site, i64::MIN, i64::MAX).await.len(), 4000);
+}
+
+async fn site_records_round_trip(store: Arc<dyn Store>) {
+    let mut record = site("shop");
+    record.allowed_origins = vec!["https://shop.example".into()];
+    assert!(store.insert_site(record.clone()).await.unwrap());
+    assert!(
+        !store.insert_site(site("shop")).await.unwrap(),
+        "second insert refused"
+    );
+    let id = SiteId::parse("shop").unwrap();
+    assert_eq!(store.get_site(&id).await.unwrap(), Some(record.clone()));
+    record.time_zone = "Europe/Berlin".into();
+    store.update_site(record.clone()).await.unwrap();
+    assert_eq!(store.get_site(&id).await.unwrap(), Some(record.clone()));
+    assert!(store.update_site(site("ghost")).await.is_err());
+    store.insert_site(site("blog")).await.unwrap();
+    let ids: Vec<String> = store
+        .list_sites()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.site_id)
+        .collect();
+    assert_eq!(ids, vec!["blog", "shop"]);
+    assert_eq!(
+        store.get_site(&SiteId::parse("ghost").unwrap()).await.unwrap(),
+        None
+    );
+}
+
+async fn keys_round_trip(store: Arc<dyn Store>) {
+    let key = KeyRecord {
+        key_id: "k1".into(),
+        kind: 1,
+        site_ids: vec!["a".into()],
+        secret_hash: vec![7; 32],
+        ..Default::default()
+    };
+    store.put_key(key.clone()).await.unwrap();
+    assert_eq!(store.key_by_hash(&[7; 32]).await.unwrap(), Some(key.clone()));
+    assert_eq!(store.key_by_hash(&[8; 32]).await.unwrap(), None);
+    let revoked = KeyRecord {
+        revoke_micros: 5,
+        ..key.clone()
+    };
+    store.put_key(revoked.clone()).await.unwrap();
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(revoked.clone()));
+    assert_eq!(store.key_by_hash(&[7; 32]).await.unwrap(), Some(revoked));
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+}
+
+async fn instance_secret_is_stable(store: Arc<dyn Store>) {
+    let first = store.instance_secret().await.unwrap();
+    assert_eq!(store.instance_secret().await.unwrap(), first);
+    assert_ne!(first, [0; 32]);
+}

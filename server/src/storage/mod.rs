@@ -1,0 +1,94 @@
+//! Storage traits: what the core needs from a backend, in small pieces.
+//!
+//! Every backend (the embedded store now, ScyllaDB + Redis later) implements
+//! these traits and passes the one suite in [`conformance`].
+
+pub mod conformance;
+pub mod embedded;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
+
+/// Errors of a storage backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend failed to read or write.
+    #[error("storage i/o failed: {0}")]
+    Io(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend is shutting down or unreachable; retrying later may help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The site is not known to the backend.
+    #[error("site {0} not found")]
+    UnknownSite(String),
+}
+
+/// What happened to one appended event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Newly stored, durable.
+    Stored,
+    /// An event with the same id was stored before (or earlier in the same call).
+    Duplicate,
+}
+
+/// A stream of event chunks in timestamp order.
+pub type EventChunks = Pin<Box<dyn Stream<Item = Result<Vec<StoredEvent>, StorageError>> + Send>>;
+
+/// Raw events.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events of one site, each with its id and timestamp set.
+    /// Deduplicates by event id against everything stored and within the call.
+    /// Returns one outcome per event, in order, once the events are durable.
+    async fn append(
+        &self,
+        site: &SiteId,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<AppendOutcome>, StorageError>;
+
+    /// Streams a site's events with timestamps in `[from_micros, to_micros)`,
+    /// ordered by timestamp, then event id.
+    fn scan(&self, site: &SiteId, from_micros: i64, to_micros: i64) -> EventChunks;
+}
+
+/// Sites and their settings.
+#[async_trait]
+pub trait SiteStore: Send + Sync + 'static {
+    /// Inserts a new site; `false` if one with the same id exists.
+    async fn insert_site(&self, site: SiteRecord) -> Result<bool, StorageError>;
+    /// Replaces an existing site's record.
+    async fn update_site(&self, site: SiteRecord) -> Result<(), StorageError>;
+    /// Looks a site up.
+    async fn get_site(&self, site: &SiteId) -> Result<Option<SiteRecord>, StorageError>;
+    /// All sites, by id.
+    async fn list_sites(&self) -> Result<Vec<SiteRecord>, StorageError>;
+}
+
+/// API keys (hashed) and the instance secret.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Inserts or replaces a key record.
+    async fn put_key(&self, key: KeyRecord) -> Result<(), StorageError>;
+    /// Finds a key by the hash of its secret.
+    async fn key_by_hash(&self, secret_hash: &[u8]) -> Result<Option<KeyRecord>, StorageError>;
+    /// Finds a key by id.
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StorageError>;
+    /// All keys.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StorageError>;
+    /// A random 32-byte secret created once per deployment (keys visitor hashes).
+    async fn instance_secret(&self) -> Result<[u8; 32], StorageError>;
+}
+
+/// A complete backend.
+pub trait Store: EventStore + SiteStore + KeyStore {}
+
+impl<T: EventStore + SiteStore + KeyStore> Store for T {}
