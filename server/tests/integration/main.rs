@@ -1,0 +1,9 @@
+//! Integration suite of the server: the real server over real gRPC on
+//! loopback, on a fresh embedded store per test.
+
+mod auth;
+mod conformance;
+mod grpc_web;
+mod harness;
+mod ingest;
+mod report;
