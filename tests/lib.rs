@@ -1,1 +1,1 @@
-//! End-to-end suites live in `tests/`; this crate has no library code.
+//! End-to-end suites of Tally. The tests live in `e2e/`; this crate has no library code.

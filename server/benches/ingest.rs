@@ -1,1 +1,270 @@
-fn main() {}
+//! Ingest throughput of `tally` next to a no-op tonic server, in one process and one run,
+//! so that the ratio holds on a noisy machine.
+//!
+//! Run: `cargo bench -p tally-server --bench ingest` (`BENCH_EVENTS=N` to change the volume).
+//!
+//! Both servers receive the same pre-built messages over loopback from the same
+//! client tasks: batches of 100 with `Track`, batches of 100 on `TrackStream`,
+//! and single events with `Track`. The no-op server decodes each request and
+//! answers with a count; `tally` validates, deduplicates and durably stores
+//! every event in its embedded store (group commit, fsync before the answer).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use tally_proto::v1::{
+    self,
+    ingest_service_client::IngestServiceClient,
+    ingest_service_server::{IngestService, IngestServiceServer},
+};
+use tally_server::config::Config;
+use tally_server::storage::embedded::EmbeddedStore;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+// The same allocator as the `tally` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ADMIN_KEY: &str = "bench-operator-key-0123456789";
+const CLIENT_TASKS: usize = 16;
+const CHANNELS: usize = 4;
+
+/// Receives events and does nothing with them.
+#[derive(Default)]
+struct NoopIngest {
+    received: AtomicI64,
+}
+
+#[tonic::async_trait]
+impl IngestService for NoopIngest {
+    async fn track(&self, request: Request<v1::TrackRequest>) -> Result<Response<v1::TrackResponse>, Status> {
+        let n = request.get_ref().events.len() as i32;
+        self.received.fetch_add(i64::from(n), Ordering::Relaxed);
+        Ok(Response::new(v1::TrackResponse {
+            accepted: n,
+            ..Default::default()
+        }))
+    }
+
+    async fn track_stream(
+        &self,
+        request: Request<Streaming<v1::TrackRequest>>,
+    ) -> Result<Response<v1::TrackStreamResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut summary = v1::TrackStreamResponse::default();
+        while let Some(batch) = stream.message().await? {
+            summary.requests += 1;
+            summary.accepted += batch.events.len() as i64;
+        }
+        self.received.fetch_add(summary.accepted, Ordering::Relaxed);
+        Ok(Response::new(summary))
+    }
+}
+
+async fn start_noop() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = IngestServiceServer::new(NoopIngest::default());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    addr
+}
+
+async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let config = Config {
+        admin_key: Some(ADMIN_KEY.into()),
+        ..Config::default()
+    };
+    tokio::spawn(async move {
+        tally_server::server::run(listener, &config, store, std::future::pending())
+            .await
+            .unwrap();
+    });
+    let channel = connect(addr).await;
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
+    let site = v1::Site {
+        site_id: "bench".into(),
+        domain: "bench.example".into(),
+        ..Default::default()
+    };
+    admin
+        .create_site(authed(ADMIN_KEY, v1::CreateSiteRequest { site: Some(site) }))
+        .await
+        .unwrap();
+    let key = v1::CreateApiKeyRequest {
+        kind: v1::KeyKind::Ingest as i32,
+        site_ids: vec!["bench".into()],
+        name: "bench".into(),
+    };
+    let secret = admin
+        .create_api_key(authed(ADMIN_KEY, key))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    (addr, secret)
+}
+
+async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn authed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// `count` distinct, valid page views in batches of `batch`, as pre-built requests.
+fn batches(count: usize, batch: usize) -> Vec<v1::TrackRequest> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let paths = ["/", "/pricing", "/docs", "/blog/launch", "/about"];
+    let events: Vec<v1::Event> = (0..count)
+        .map(|i| v1::Event {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: (i % 1_000_000) as i32 * 1000,
+            }),
+            r#type: v1::EventType::Pageview as i32,
+            url: format!("https://bench.example{}", paths[i % paths.len()]),
+            referrer: if i % 3 == 0 {
+                "https://www.google.com/".into()
+            } else {
+                String::new()
+            },
+            anonymous_id: format!("visitor-{}", i % 5000),
+            ..Default::default()
+        })
+        .collect();
+    events
+        .chunks(batch)
+        .map(|c| v1::TrackRequest {
+            site_id: "bench".into(),
+            events: c.to_vec(),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Unary,
+    Stream,
+}
+
+/// Sends every request from `CLIENT_TASKS` tasks; returns events per second.
+async fn drive(addr: SocketAddr, key: &str, requests: Vec<v1::TrackRequest>, mode: Mode) -> f64 {
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        channels.push(connect(addr).await);
+    }
+    let events: usize = requests.iter().map(|r| r.events.len()).sum();
+    let per_task = requests.len().div_ceil(CLIENT_TASKS);
+    let mut shares: Vec<Vec<v1::TrackRequest>> = Vec::new();
+    let mut rest = requests;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per_task.min(rest.len()));
+        shares.push(rest);
+        rest = tail;
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, share) in shares.into_iter().enumerate() {
+        let mut client = IngestServiceClient::new(channels[i % CHANNELS].clone())
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = 0i64;
+            match mode {
+                Mode::Unary => {
+                    for request in share {
+                        accepted += i64::from(
+                            client
+                                .track(authed(&key, request))
+                                .await
+                                .unwrap()
+                                .into_inner()
+                                .accepted,
+                        );
+                    }
+                }
+                Mode::Stream => {
+                    let stream = tokio_stream::iter(share);
+                    accepted += client
+                        .track_stream(authed(&key, stream))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .accepted;
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(accepted as usize, events, "every event accepted");
+    events as f64 / elapsed.as_secs_f64()
+}
+
+fn main() {
+    let total: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let noop = start_noop().await;
+        let (tally, key) = start_tally(dir.path()).await;
+        println!(
+            "ingest benchmark: {total} events per case, {CLIENT_TASKS} client tasks on {CHANNELS} connections"
+        );
+        println!(
+            "{:<28} {:>14} {:>14} {:>8}",
+            "case", "no-op ev/s", "tally ev/s", "ratio"
+        );
+        let cases: [(&str, usize, usize, Mode); 3] = [
+            ("Track, batches of 100", total, 100, Mode::Unary),
+            ("TrackStream, 100 per msg", total, 100, Mode::Stream),
+            ("Track, single events", total / 10, 1, Mode::Unary),
+        ];
+        for (name, count, batch, mode) in cases {
+            // Warm up both, then measure; every run sends fresh event ids.
+            drive(noop, &key, batches(count / 10, batch), mode).await;
+            drive(tally, &key, batches(count / 10, batch), mode).await;
+            let base = drive(noop, &key, batches(count, batch), mode).await;
+            let ours = drive(tally, &key, batches(count, batch), mode).await;
+            println!(
+                "{name:<28} {base:>14.0} {ours:>14.0} {:>7.1}%",
+                100.0 * ours / base
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+}

@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use tally_server::config::{Config, LogFormat, Overrides};
 use tally_server::storage::embedded::EmbeddedStore;
 
+// glibc malloc contends between threads under ingest load; mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tally: self-hosted, gRPC-first analytics.
 #[derive(Parser)]
 #[command(name = "tally", version, about)]

@@ -10,7 +10,6 @@ use tally_proto::v1::{
     query_service_server::QueryServiceServer, session_service_server::SessionServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::admin::Admin;
@@ -116,7 +115,13 @@ pub async fn run(
         tokio::time::sleep(config.shutdown_grace).await;
     };
 
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tally serving");
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%listen, "tally serving");
+    // Without TCP_NODELAY, a response written in two segments waits for the
+    // peer's delayed ACK (about 40 ms) before its second segment leaves.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let serve = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(cors())
@@ -128,7 +133,7 @@ pub async fn run(
         .add_service(QueryServiceServer::new(QueryApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(SessionServiceServer::new(SessionApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(AdminServiceServer::new(AdminApi::new(core)).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         served = serve => served?,
         () = grace_over => tracing::warn!("grace period over: closing the remaining connections"),

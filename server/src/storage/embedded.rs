@@ -63,9 +63,34 @@ struct Inner {
     meta_lock: Mutex<()>,
 }
 
+/// An event encoded by the caller's task, so the writer thread only dedups and writes.
+struct PreparedEvent {
+    id_key: [u8; 20],
+    key: [u8; 28],
+    value: Vec<u8>,
+}
+
+impl PreparedEvent {
+    fn new(site_num: u32, mut event: StoredEvent) -> Result<Self, StorageError> {
+        let id: [u8; 16] = event
+            .event_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("event id of {} bytes", event.event_id.len())))?;
+        let ts = encode_ts(event.ts_micros);
+        // The id and timestamp live in the key; keep them out of the value.
+        event.event_id = Vec::new();
+        event.ts_micros = 0;
+        Ok(Self {
+            id_key: id_key(site_num, &id),
+            key: event_key(site_num, ts, &id),
+            value: event.encode_to_vec(),
+        })
+    }
+}
+
 struct WriteJob {
-    site_num: u32,
-    events: Vec<StoredEvent>,
+    events: Vec<PreparedEvent>,
     reply: oneshot::Sender<Result<Vec<AppendOutcome>, StorageError>>,
 }
 
@@ -145,25 +170,14 @@ impl Inner {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs.iter_mut() {
             let mut job_outcomes = Vec::with_capacity(job.events.len());
-            for mut event in job.events.drain(..) {
-                let id: [u8; 16] = event.event_id.as_slice().try_into().map_err(|_| {
-                    StorageError::Corrupt(format!("event id of {} bytes", event.event_id.len()))
-                })?;
-                let id_key = id_key(job.site_num, &id);
-                if !seen_in_group.insert(id_key) || self.event_ids.contains_key(id_key)? {
+            for event in job.events.drain(..) {
+                if !seen_in_group.insert(event.id_key) || self.event_ids.contains_key(event.id_key)? {
                     job_outcomes.push(AppendOutcome::Duplicate);
                     continue;
                 }
-                let ts = encode_ts(event.ts_micros);
-                // The id and timestamp live in the key; keep them out of the value.
-                event.event_id = Vec::new();
-                event.ts_micros = 0;
-                batch.insert(
-                    &self.events,
-                    event_key(job.site_num, ts, &id).to_vec(),
-                    event.encode_to_vec(),
-                );
-                batch.insert(&self.event_ids, id_key.to_vec(), ts.to_be_bytes().to_vec());
+                // The dedup index maps the id to the timestamp part of the event key.
+                batch.insert(&self.event_ids, event.id_key.to_vec(), event.key[4..12].to_vec());
+                batch.insert(&self.events, event.key.to_vec(), event.value);
                 job_outcomes.push(AppendOutcome::Stored);
             }
             outcomes.push(job_outcomes);
@@ -290,12 +304,12 @@ impl EventStore for EmbeddedStore {
         let site_num = self
             .site_num(site)
             .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
+        let events = events
+            .into_iter()
+            .map(|event| PreparedEvent::new(site_num, event))
+            .collect::<Result<Vec<_>, _>>()?;
         let (reply, outcome) = oneshot::channel();
-        let job = WriteJob {
-            site_num,
-            events,
-            reply,
-        };
+        let job = WriteJob { events, reply };
         self.writer
             .send(job)
             .await

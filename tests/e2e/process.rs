@@ -1,0 +1,147 @@
+//! Starts the `tally` binary on a free port with its own data directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tally_proto::v1;
+use tonic::transport::Channel;
+
+pub const ADMIN_KEY: &str = "e2e-operator-key-0123456789";
+
+/// The `tally` binary built alongside this test (target/<profile>/tally).
+pub fn tally_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TALLY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let binary = profile_dir.join("tally");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --bin tally` first",
+        binary.display()
+    );
+    binary
+}
+
+pub struct Tally {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Tally {
+    /// Starts `tally serve` on `data_dir` and waits until it answers.
+    pub async fn start(data_dir: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(tally_binary())
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(data_dir)
+            .env("TALLY_ADMIN_KEY", ADMIN_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let tally = Self { child, addr };
+        tally.wait_ready().await;
+        tally
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
+                if admin
+                    .list_sites(authed(ADMIN_KEY, v1::ListSitesRequest {}))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tally did not start on {} within 30 s", self.addr);
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tally did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// Creates a site and an ingest key; returns the key's secret.
+pub async fn site_with_ingest_key(channel: Channel, site: &str) -> String {
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
+    let request = v1::CreateSiteRequest {
+        site: Some(v1::Site {
+            site_id: site.into(),
+            domain: format!("{site}.example"),
+            ..Default::default()
+        }),
+    };
+    admin.create_site(authed(ADMIN_KEY, request)).await.unwrap();
+    let request = v1::CreateApiKeyRequest {
+        kind: v1::KeyKind::Ingest as i32,
+        site_ids: vec![site.into()],
+        name: "e2e".into(),
+    };
+    admin
+        .create_api_key(authed(ADMIN_KEY, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+pub fn now_timestamp() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    prost_types::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
+    }
+}

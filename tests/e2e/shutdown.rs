@@ -1,0 +1,79 @@
+//! SIGTERM stops the server cleanly, and the data is there on the next start.
+
+use std::time::Duration;
+
+use tally_proto::v1;
+
+use crate::process::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = Tally::start(dir.path()).await;
+    let key = site_with_ingest_key(tally.channel().await, "s").await;
+    let mut client = v1::ingest_service_client::IngestServiceClient::new(tally.channel().await);
+    let event = v1::Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        timestamp: Some(now_timestamp()),
+        r#type: v1::EventType::Pageview as i32,
+        url: "https://s.example/".into(),
+        ..Default::default()
+    };
+    let request = authed(
+        &key,
+        v1::TrackRequest {
+            site_id: "s".into(),
+            events: vec![event.clone()],
+        },
+    );
+    assert_eq!(client.track(request).await.unwrap().into_inner().accepted, 1);
+
+    let pid = tally.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tally.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+
+    let tally = Tally::start(dir.path()).await;
+    let mut client = v1::ingest_service_client::IngestServiceClient::new(tally.channel().await);
+    let request = authed(
+        &key,
+        v1::TrackRequest {
+            site_id: "s".into(),
+            events: vec![event],
+        },
+    );
+    assert_eq!(
+        client.track(request).await.unwrap().into_inner().duplicates,
+        1,
+        "the event is still stored"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_is_reported_before_start() {
+    let output = std::process::Command::new(tally_binary())
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid setting listen"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tally.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmystery = 1\n").unwrap();
+    let output = std::process::Command::new(tally_binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mystery"), "{stderr}");
+}
