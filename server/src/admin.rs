@@ -175,7 +175,7 @@ impl Admin {
                     events
                         .iter()
                         .filter(|e| include_bots || !e.bot)
-                        .map(|e| recorded_event(e))
+                        .map(recorded_event)
                         .collect::<Vec<_>>()
                 })
             })

@@ -149,13 +149,13 @@ impl Config {
             message: format!("{listen_raw:?} is not an address such as 127.0.0.1:7750"),
         })?;
         let admin_key = overrides.admin_key.or(file.admin_key).filter(|k| !k.is_empty());
-        if let Some(key) = &admin_key {
-            if key.len() < MIN_ADMIN_KEY_LEN {
-                return Err(ConfigError::Invalid {
-                    name: "admin_key",
-                    message: format!("the operator key must be at least {MIN_ADMIN_KEY_LEN} characters"),
-                });
-            }
+        if let Some(key) = &admin_key
+            && key.len() < MIN_ADMIN_KEY_LEN
+        {
+            return Err(ConfigError::Invalid {
+                name: "admin_key",
+                message: format!("the operator key must be at least {MIN_ADMIN_KEY_LEN} characters"),
+            });
         }
         let max_message_bytes = file.max_message_bytes.unwrap_or(defaults.max_message_bytes);
         if !(1024..=256 * 1024 * 1024).contains(&max_message_bytes) {

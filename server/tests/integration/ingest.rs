@@ -223,7 +223,8 @@ async fn ten_thousand_events_are_counted_exactly_once() {
     assert_eq!(send_all(&server, &key, &events).await, (10_000, 0, 0));
 
     let metrics = [M::Pageviews, M::Events, M::Visitors, M::Visits];
-    let checks: [(&[D], Box<dyn Fn(&v1::Event) -> String>); 5] = [
+    type KeyOf = Box<dyn Fn(&v1::Event) -> String>;
+    let checks: [(&[D], KeyOf); 5] = [
         (&[], Box::new(|_| String::new())),
         (&[D::Page], Box::new(path)),
         (&[D::TimeDay], Box::new(|e| local(e, "%Y-%m-%d"))),
