@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use futures::StreamExt;
 use tally_proto::v1::{self, ingest_service_server::IngestService};
 use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
@@ -9,6 +10,9 @@ use super::{SharedCore, peer_ip, status};
 use crate::auth::Principal;
 use crate::domain::{SiteId, now_micros};
 use crate::pipeline::RequestFacts;
+
+/// Messages of one `TrackStream` processed at the same time.
+const STREAM_IN_FLIGHT: usize = 8;
 
 /// Most non-accepted verdicts listed in a `TrackStream` response.
 const MAX_STREAM_VERDICTS: usize = 10_000;
@@ -92,30 +96,30 @@ impl IngestService for IngestApi {
         let principal = self.core.principal(request.metadata()).await?;
         let peer = peer_ip(&request);
         let metadata = request.metadata().clone();
-        let mut stream = request.into_inner();
-        let mut summary = v1::TrackStreamResponse::default();
-        let mut last_site = None;
-        while let Some(batch) = stream.message().await? {
-            let request_index = summary.requests;
-            summary.requests += 1;
-            // Most streams target one site: reuse the facts while it stays the same.
-            let facts = match &last_site {
-                Some((site_id, facts)) if *site_id == batch.site_id => facts,
-                _ => {
-                    let facts = self.facts(&principal, &metadata, &batch.site_id, peer).await?;
-                    &last_site.insert((batch.site_id.clone(), facts)).1
+        // Several messages of one stream are validated and committed at once, so
+        // a stream shares group commits with itself instead of waiting for each.
+        let mut responses = request
+            .into_inner()
+            .enumerate()
+            .map(|(request_index, batch)| {
+                let (principal, metadata) = (&principal, &metadata);
+                async move {
+                    let batch = batch?;
+                    let facts = self.facts(principal, metadata, &batch.site_id, peer).await?;
+                    let response = self
+                        .core
+                        .ingest
+                        .track(&facts, &batch.events)
+                        .await
+                        .map_err(status)?;
+                    Ok::<_, Status>((request_index as i64, response))
                 }
-            };
-            let facts = RequestFacts {
-                now_micros: now_micros(),
-                ..facts.clone()
-            };
-            let response = self
-                .core
-                .ingest
-                .track(&facts, &batch.events)
-                .await
-                .map_err(status)?;
+            })
+            .buffered(STREAM_IN_FLIGHT);
+        let mut summary = v1::TrackStreamResponse::default();
+        while let Some(next) = responses.next().await {
+            let (request_index, response) = next?;
+            summary.requests += 1;
             summary.accepted += i64::from(response.accepted);
             summary.duplicates += i64::from(response.duplicates);
             summary.rejected += i64::from(response.rejected);

@@ -12,10 +12,10 @@
 //!   without its id and timestamp (they are in the key), LZ4-compressed blocks.
 //! - `event_ids`: `site_num u32 | event_id [16]` -> `ts u64` (dedup index).
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
-//! - `keys`: `key_id` -> `KeyRecord`; `key_hashes`: `secret_hash` -> `key_id`.
+//! - `keys`: `key_id` -> `KeyRecord`.
 //! - `meta`: `next_site_num`, `instance_secret`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -55,10 +55,13 @@ struct Inner {
     event_ids: Keyspace,
     sites: Keyspace,
     keys: Keyspace,
-    key_hashes: Keyspace,
     meta: Keyspace,
-    /// Site id -> compact number used in event keys. Sites are few and never deleted.
-    site_nums: RwLock<HashMap<String, u32>>,
+    /// Every site with the compact number used in its event keys. Sites and
+    /// keys are few and change only through this store, so they are served
+    /// from memory; the cache changes under `meta_lock`, after the disk.
+    sites_cache: RwLock<BTreeMap<String, (u32, SiteRecord)>>,
+    /// Every API key by id, and key ids by secret hash.
+    keys_cache: RwLock<KeyCache>,
     /// Serialises the rare read-modify-write of sites, keys and meta.
     meta_lock: Mutex<()>,
 }
@@ -89,6 +92,20 @@ impl PreparedEvent {
     }
 }
 
+#[derive(Default)]
+struct KeyCache {
+    by_id: BTreeMap<String, KeyRecord>,
+    id_by_hash: HashMap<Vec<u8>, String>,
+}
+
+impl KeyCache {
+    fn put(&mut self, key: KeyRecord) {
+        self.id_by_hash
+            .insert(key.secret_hash.clone(), key.key_id.clone());
+        self.by_id.insert(key.key_id.clone(), key);
+    }
+}
+
 struct WriteJob {
     events: Vec<PreparedEvent>,
     reply: oneshot::Sender<Result<Vec<AppendOutcome>, StorageError>>,
@@ -109,13 +126,13 @@ impl EmbeddedStore {
             event_ids: db.keyspace("event_ids", compressed)?,
             sites: db.keyspace("sites", KeyspaceCreateOptions::default)?,
             keys: db.keyspace("keys", KeyspaceCreateOptions::default)?,
-            key_hashes: db.keyspace("key_hashes", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
             db,
-            site_nums: RwLock::new(HashMap::new()),
+            sites_cache: RwLock::new(BTreeMap::new()),
+            keys_cache: RwLock::new(KeyCache::default()),
             meta_lock: Mutex::new(()),
         };
-        inner.load_site_nums()?;
+        inner.load_caches()?;
         let inner = Arc::new(inner);
         let (writer, jobs) = mpsc::channel(WRITER_QUEUE);
         let writer_inner = inner.clone();
@@ -132,8 +149,8 @@ impl EmbeddedStore {
     }
 
     fn site_num(&self, site: &SiteId) -> Option<u32> {
-        let nums = self.inner.site_nums.read().unwrap_or_else(|e| e.into_inner());
-        nums.get(site.as_str()).copied()
+        let sites = self.inner.sites_cache.read().unwrap_or_else(|e| e.into_inner());
+        sites.get(site.as_str()).map(|(num, _)| *num)
     }
 
     /// Runs blocking store work off the async threads.
@@ -149,14 +166,26 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    fn load_site_nums(&self) -> Result<(), StorageError> {
-        let mut nums = self.site_nums.write().unwrap_or_else(|e| e.into_inner());
+    fn load_caches(&self) -> Result<(), StorageError> {
+        let mut sites = self.sites_cache.write().unwrap_or_else(|e| e.into_inner());
         for guard in self.sites.iter() {
             let (key, value) = guard.into_inner()?;
             let (num, _) = split_site_value(&value)?;
-            nums.insert(String::from_utf8_lossy(&key).into_owned(), num);
+            sites.insert(
+                String::from_utf8_lossy(&key).into_owned(),
+                (num, decode_site(&value)?),
+            );
+        }
+        let mut keys = self.keys_cache.write().unwrap_or_else(|e| e.into_inner());
+        for guard in self.keys.iter() {
+            keys.put(decode_key(&guard.value()?)?);
         }
         Ok(())
+    }
+
+    fn cache_site(&self, num: u32, site: SiteRecord) {
+        let mut sites = self.sites_cache.write().unwrap_or_else(|e| e.into_inner());
+        sites.insert(site.site_id.clone(), (num, site));
     }
 
     fn durable_batch(&self) -> fjall::OwnedWriteBatch {
@@ -336,35 +365,29 @@ impl EventStore for EmbeddedStore {
 #[async_trait]
 impl SiteStore for EmbeddedStore {
     async fn insert_site(&self, site: SiteRecord) -> Result<bool, StorageError> {
-        let inserted = self
-            .blocking(move |inner| {
-                let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if inner.sites.contains_key(&site.site_id)? {
-                    return Ok(None);
-                }
-                let num = match inner.meta.get("next_site_num")? {
-                    Some(raw) => u32::from_be_bytes(
-                        raw.as_ref()
-                            .try_into()
-                            .map_err(|_| StorageError::Corrupt("next_site_num".into()))?,
-                    ),
-                    None => 1,
-                };
-                let mut value = num.to_be_bytes().to_vec();
-                value.extend(site.encode_to_vec());
-                let mut batch = inner.durable_batch();
-                batch.insert(&inner.meta, "next_site_num", (num + 1).to_be_bytes().to_vec());
-                batch.insert(&inner.sites, site.site_id.as_bytes().to_vec(), value);
-                batch.commit()?;
-                Ok(Some((site.site_id, num)))
-            })
-            .await?;
-        let Some((site_id, num)) = inserted else {
-            return Ok(false);
-        };
-        let mut nums = self.inner.site_nums.write().unwrap_or_else(|e| e.into_inner());
-        nums.insert(site_id, num);
-        Ok(true)
+        self.blocking(move |inner| {
+            let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.sites.contains_key(&site.site_id)? {
+                return Ok(false);
+            }
+            let num = match inner.meta.get("next_site_num")? {
+                Some(raw) => u32::from_be_bytes(
+                    raw.as_ref()
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("next_site_num".into()))?,
+                ),
+                None => 1,
+            };
+            let mut value = num.to_be_bytes().to_vec();
+            value.extend(site.encode_to_vec());
+            let mut batch = inner.durable_batch();
+            batch.insert(&inner.meta, "next_site_num", (num + 1).to_be_bytes().to_vec());
+            batch.insert(&inner.sites, site.site_id.as_bytes().to_vec(), value);
+            batch.commit()?;
+            inner.cache_site(num, site);
+            Ok(true)
+        })
+        .await
     }
 
     async fn update_site(&self, site: SiteRecord) -> Result<(), StorageError> {
@@ -378,32 +401,21 @@ impl SiteStore for EmbeddedStore {
             value.extend(site.encode_to_vec());
             let mut batch = inner.durable_batch();
             batch.insert(&inner.sites, site.site_id.as_bytes().to_vec(), value);
-            Ok(batch.commit()?)
+            batch.commit()?;
+            inner.cache_site(num, site);
+            Ok(())
         })
         .await
     }
 
     async fn get_site(&self, site: &SiteId) -> Result<Option<SiteRecord>, StorageError> {
-        let site = site.clone();
-        self.blocking(move |inner| {
-            inner
-                .sites
-                .get(site.as_str())?
-                .map(|v| decode_site(&v))
-                .transpose()
-        })
-        .await
+        let sites = self.inner.sites_cache.read().unwrap_or_else(|e| e.into_inner());
+        Ok(sites.get(site.as_str()).map(|(_, record)| record.clone()))
     }
 
     async fn list_sites(&self) -> Result<Vec<SiteRecord>, StorageError> {
-        self.blocking(|inner| {
-            inner
-                .sites
-                .iter()
-                .map(|guard| decode_site(&guard.value()?))
-                .collect()
-        })
-        .await
+        let sites = self.inner.sites_cache.read().unwrap_or_else(|e| e.into_inner());
+        Ok(sites.values().map(|(_, record)| record.clone()).collect())
     }
 }
 
@@ -411,40 +423,37 @@ impl SiteStore for EmbeddedStore {
 impl KeyStore for EmbeddedStore {
     async fn put_key(&self, key: KeyRecord) -> Result<(), StorageError> {
         self.blocking(move |inner| {
+            let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
             let mut batch = inner.durable_batch();
-            batch.insert(
-                &inner.key_hashes,
-                key.secret_hash.clone(),
-                key.key_id.as_bytes().to_vec(),
-            );
             batch.insert(&inner.keys, key.key_id.as_bytes().to_vec(), key.encode_to_vec());
-            Ok(batch.commit()?)
+            batch.commit()?;
+            inner
+                .keys_cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(key);
+            Ok(())
         })
         .await
     }
 
     async fn key_by_hash(&self, secret_hash: &[u8]) -> Result<Option<KeyRecord>, StorageError> {
-        // A point read on an LSM tree is microseconds: cheap enough for every
-        // request without the staleness a cache would add to revocation.
-        let Some(key_id) = self.inner.key_hashes.get(secret_hash)? else {
-            return Ok(None);
-        };
-        self.inner.keys.get(&key_id)?.map(|v| decode_key(&v)).transpose()
+        let keys = self.inner.keys_cache.read().unwrap_or_else(|e| e.into_inner());
+        Ok(keys
+            .id_by_hash
+            .get(secret_hash)
+            .and_then(|id| keys.by_id.get(id))
+            .cloned())
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StorageError> {
-        self.inner.keys.get(key_id)?.map(|v| decode_key(&v)).transpose()
+        let keys = self.inner.keys_cache.read().unwrap_or_else(|e| e.into_inner());
+        Ok(keys.by_id.get(key_id).cloned())
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StorageError> {
-        self.blocking(|inner| {
-            inner
-                .keys
-                .iter()
-                .map(|guard| decode_key(&guard.value()?))
-                .collect()
-        })
-        .await
+        let keys = self.inner.keys_cache.read().unwrap_or_else(|e| e.into_inner());
+        Ok(keys.by_id.values().cloned().collect())
     }
 
     async fn instance_secret(&self) -> Result<[u8; 32], StorageError> {
