@@ -11,37 +11,30 @@ use futures::TryStreamExt;
 use super::{AppendOutcome, Store};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
 
-type Case = (
-    &'static str,
-    fn(Arc<dyn Store>) -> futures::future::BoxFuture<'static, ()>,
-);
+type CaseFn = fn(Arc<dyn Store>) -> futures::future::BoxFuture<'static, ()>;
+
+/// A named case of the suite.
+pub type Case = (&'static str, CaseFn);
 
 /// Every case of the suite, by name.
 pub fn cases() -> Vec<Case> {
-    vec![
-        ("append_then_scan_in_time_order", |s| {
-            Box::pin(append_then_scan_in_time_order(s))
-        }),
-        ("duplicates_across_calls", |s| {
-            Box::pin(duplicates_across_calls(s))
-        }),
-        ("duplicates_within_a_call", |s| {
-            Box::pin(duplicates_within_a_call(s))
-        }),
-        ("scan_range_is_half_open", |s| {
-            Box::pin(scan_range_is_half_open(s))
-        }),
-        ("sites_are_isolated", |s| Box::pin(sites_are_isolated(s))),
-        ("concurrent_appends_all_land_once", |s| {
-            Box::pin(concurrent_appends_all_land_once(s))
-        }),
-        ("site_records_round_trip", |s| {
-            Box::pin(site_records_round_trip(s))
-        }),
-        ("keys_round_trip", |s| Box::pin(keys_round_trip(s))),
-        ("instance_secret_is_stable", |s| {
-            Box::pin(instance_secret_is_stable(s))
-        }),
+    macro_rules! cases {
+        ($($name:ident),* $(,)?) => {
+            vec![$((stringify!($name), (|s| Box::pin($name(s))) as CaseFn)),*]
+        };
+    }
+    cases![
+        append_then_scan_in_time_order,
+        duplicates_across_calls,
+        duplicates_within_a_call,
+        duplicates_of_month_old_events,
+        separate_appends_merge_in_time_order,
+        scan_range_is_half_open,
+        sites_are_isolated,
+        concurrent_appends_all_land_once,
+        site_records_round_trip,
+        keys_round_trip,
+        instance_secret_is_stable,
     ]
 }
 
@@ -74,10 +67,20 @@ async fn with_site(store: &Arc<dyn Store>, id: &str) -> SiteId {
     SiteId::parse(id).unwrap()
 }
 
-fn event(n: u128, ts_micros: i64) -> StoredEvent {
+/// An hour ago, whole minute: events in the suite are recent, as ingest requires.
+fn base() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = crate::domain::now_micros();
+        now - now.rem_euclid(60_000_000) - 3_600_000_000
+    })
+}
+
+/// Event `n` at `offset` microseconds after [`base`].
+fn event(n: u128, offset: i64) -> StoredEvent {
     StoredEvent {
         event_id: uuid::Uuid::from_u128(n).as_bytes().to_vec(),
-        ts_micros,
+        ts_micros: base() + offset,
         kind: 1,
         name: "pageview".into(),
         path: format!("/p/{n}"),
@@ -86,7 +89,9 @@ fn event(n: u128, ts_micros: i64) -> StoredEvent {
     }
 }
 
+/// Events with offsets in `[from, to)` from [`base`].
 async fn scan_all(store: &Arc<dyn Store>, site: &SiteId, from: i64, to: i64) -> Vec<StoredEvent> {
+    let (from, to) = (base().saturating_add(from), base().saturating_add(to));
     let chunks: Vec<Vec<StoredEvent>> = store.scan(site, from, to).try_collect().await.unwrap();
     chunks.into_iter().flatten().collect()
 }
@@ -145,7 +150,44 @@ async fn duplicates_within_a_call(store: Arc<dyn Store>) {
         ]
     );
     let stored = scan_all(&store, &site, 0, 10).await;
-    assert_eq!(stored.iter().map(|e| e.ts_micros).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(
+        stored.iter().map(|e| e.ts_micros - base()).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+}
+
+async fn duplicates_of_month_old_events(store: Arc<dyn Store>) {
+    // Ingest accepts timestamps up to 30 days old: their retries must still be recognised.
+    let site = with_site(&store, "a").await;
+    let day = 86_400_000_000;
+    let old = event(1, -29 * day);
+    assert_eq!(
+        store.append(&site, vec![old.clone()]).await.unwrap(),
+        vec![AppendOutcome::Stored]
+    );
+    assert_eq!(
+        store.append(&site, vec![old]).await.unwrap(),
+        vec![AppendOutcome::Duplicate]
+    );
+    assert_eq!(scan_all(&store, &site, -30 * day, 0).await.len(), 1);
+}
+
+async fn separate_appends_merge_in_time_order(store: Arc<dyn Store>) {
+    let site = with_site(&store, "a").await;
+    // Three appends whose events interleave within one minute and across two.
+    for call in 0..3u128 {
+        let events = (0..20u128)
+            .map(|i| event(call * 100 + i, (i * 3 + call) as i64 * 2_000_000))
+            .collect();
+        store.append(&site, events).await.unwrap();
+    }
+    let scanned = scan_all(&store, &site, 0, 120_000_000).await;
+    let offsets: Vec<i64> = scanned.iter().map(|e| e.ts_micros - base()).collect();
+    let expected: Vec<i64> = (0..60).map(|k| k * 2_000_000).collect();
+    assert_eq!(offsets, expected);
+    // A range that starts and ends inside minutes.
+    let inner = scan_all(&store, &site, 30_000_000, 90_000_001).await;
+    assert_eq!(inner.len(), 31);
 }
 
 async fn scan_range_is_half_open(store: Arc<dyn Store>) {
@@ -153,10 +195,8 @@ async fn scan_range_is_half_open(store: Arc<dyn Store>) {
     let events = (0..10u128).map(|n| event(n, n as i64 * 100 - 500)).collect();
     store.append(&site, events).await.unwrap();
     let got = scan_all(&store, &site, -300, 200).await;
-    assert_eq!(
-        got.iter().map(|e| e.ts_micros).collect::<Vec<_>>(),
-        vec![-300, -200, -100, 0, 100]
-    );
+    let offsets: Vec<i64> = got.iter().map(|e| e.ts_micros - base()).collect();
+    assert_eq!(offsets, vec![-300, -200, -100, 0, 100]);
     assert!(scan_all(&store, &site, 10_000, 20_000).await.is_empty());
 }
 

@@ -24,9 +24,10 @@ async fn embedded_store_keeps_events_across_reopen() {
         site_id: "a".into(),
         ..Default::default()
     };
+    let start = tally_server::domain::now_micros() - 3_600_000_000;
     let event = |n: u128| tally_server::domain::StoredEvent {
         event_id: uuid::Uuid::from_u128(n).as_bytes().to_vec(),
-        ts_micros: n as i64,
+        ts_micros: start + n as i64 * 1_000_000,
         kind: 1,
         ..Default::default()
     };
@@ -39,7 +40,11 @@ async fn embedded_store_keeps_events_across_reopen() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     use futures::TryStreamExt;
     use tally_server::storage::EventStore;
-    let chunks: Vec<_> = store.scan(&site, 0, 1000).try_collect().await.unwrap();
+    let chunks: Vec<_> = store
+        .scan(&site, start, start + 3_600_000_000)
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(chunks.concat().len(), 100);
     // The dedup index survived too.
     let again = store.append(&site, vec![event(5), event(500)]).await.unwrap();

@@ -1,21 +1,19 @@
 //! The embedded store: one data directory, no services, built on fjall (an LSM
 //! tree with a write-ahead journal).
 //!
-//! Appends go through one writer thread that does group commit: it takes every
-//! append queued while the previous fsync ran, deduplicates them against the
-//! `event_ids` index, writes them as one journal batch and syncs it once. The
-//! commit window is therefore one fsync (about 3 ms here): nothing waits on a
-//! timer, and an acknowledged event is on disk.
+//! Events are written by one group-committing writer thread (see [`events`]);
+//! sites, keys and the instance secret live in small keyspaces and are served
+//! from memory.
 //!
-//! Layout (all integers big-endian):
-//! - `events`: `site_num u32 | ts u64 (sign-flipped micros) | event_id [16]` -> `StoredEvent`
-//!   without its id and timestamp (they are in the key), LZ4-compressed blocks.
-//! - `event_ids`: `site_num u32 | event_id [16]` -> `ts u64` (dedup index).
+//! Keyspaces besides those of [`events`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
-//! - `meta`: `next_site_num`, `instance_secret`.
+//! - `meta`: `next_site_num`, `instance_secret`, `next_pack_seq`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod dedup;
+mod events;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -30,10 +28,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{AppendOutcome, EventChunks, EventStore, KeyStore, SiteStore, StorageError};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
 
-/// Most events one group commit takes before it syncs.
-const MAX_GROUP_EVENTS: usize = 64 * 1024;
-/// Events per chunk of a scan.
-const SCAN_CHUNK: usize = 4096;
 /// Appends that may wait for the writer before callers are held back.
 const WRITER_QUEUE: usize = 1024;
 
@@ -46,13 +40,12 @@ impl From<fjall::Error> for StorageError {
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<events::WriteJob>,
 }
 
 struct Inner {
     db: Database,
     events: Keyspace,
-    event_ids: Keyspace,
     sites: Keyspace,
     keys: Keyspace,
     meta: Keyspace,
@@ -64,32 +57,6 @@ struct Inner {
     keys_cache: RwLock<KeyCache>,
     /// Serialises the rare read-modify-write of sites, keys and meta.
     meta_lock: Mutex<()>,
-}
-
-/// An event encoded by the caller's task, so the writer thread only dedups and writes.
-struct PreparedEvent {
-    id_key: [u8; 20],
-    key: [u8; 28],
-    value: Vec<u8>,
-}
-
-impl PreparedEvent {
-    fn new(site_num: u32, mut event: StoredEvent) -> Result<Self, StorageError> {
-        let id: [u8; 16] = event
-            .event_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| StorageError::Corrupt(format!("event id of {} bytes", event.event_id.len())))?;
-        let ts = encode_ts(event.ts_micros);
-        // The id and timestamp live in the key; keep them out of the value.
-        event.event_id = Vec::new();
-        event.ts_micros = 0;
-        Ok(Self {
-            id_key: id_key(site_num, &id),
-            key: event_key(site_num, ts, &id),
-            value: event.encode_to_vec(),
-        })
-    }
 }
 
 #[derive(Default)]
@@ -106,14 +73,31 @@ impl KeyCache {
     }
 }
 
-struct WriteJob {
-    events: Vec<PreparedEvent>,
-    reply: oneshot::Sender<Result<Vec<AppendOutcome>, StorageError>>,
+/// Options of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Days (by event timestamp) for which duplicates are recognised. Must
+    /// cover the oldest timestamp that ingest accepts, with a day of margin.
+    pub dedup_window_days: i64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            dedup_window_days: 32,
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Opens (or creates) the store in `dir` with default options.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, &EmbeddedOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, rebuilds the dedup window and
+    /// starts the writer thread.
+    pub fn open_with(dir: &Path, options: &EmbeddedOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StorageError::Io(format!("create {}: {err}", dir.display())))?;
         let db = Database::builder(dir).open()?;
@@ -123,7 +107,6 @@ impl EmbeddedStore {
         };
         let inner = Inner {
             events: db.keyspace("events", compressed)?,
-            event_ids: db.keyspace("event_ids", compressed)?,
             sites: db.keyspace("sites", KeyspaceCreateOptions::default)?,
             keys: db.keyspace("keys", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
@@ -134,13 +117,23 @@ impl EmbeddedStore {
         };
         inner.load_caches()?;
         let inner = Arc::new(inner);
-        let (writer, jobs) = mpsc::channel(WRITER_QUEUE);
-        let writer_inner = inner.clone();
+        let pack_ids = inner.db.keyspace("pack_ids", KeyspaceCreateOptions::default)?;
+        let writer = events::Writer::recover(
+            inner.db.clone(),
+            inner.events.clone(),
+            pack_ids,
+            inner.meta.clone(),
+            options.dedup_window_days,
+        )?;
+        let (jobs_tx, jobs) = mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
             .name("tally-writer".into())
-            .spawn(move || writer_loop(&writer_inner, jobs))
+            .spawn(move || writer.run(jobs))
             .map_err(|err| StorageError::Io(format!("spawn writer thread: {err}")))?;
-        Ok(Self { inner, writer })
+        Ok(Self {
+            inner,
+            writer: jobs_tx,
+        })
     }
 
     /// Bytes the store takes on disk.
@@ -191,117 +184,6 @@ impl Inner {
     fn durable_batch(&self) -> fjall::OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::SyncData))
     }
-
-    /// Deduplicates and writes one group of appends in a single synced batch.
-    fn commit_group(&self, jobs: &mut [WriteJob]) -> Result<Vec<Vec<AppendOutcome>>, StorageError> {
-        let mut batch = self.durable_batch();
-        let mut seen_in_group: HashSet<[u8; 20]> = HashSet::new();
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs.iter_mut() {
-            let mut job_outcomes = Vec::with_capacity(job.events.len());
-            for event in job.events.drain(..) {
-                if !seen_in_group.insert(event.id_key) || self.event_ids.contains_key(event.id_key)? {
-                    job_outcomes.push(AppendOutcome::Duplicate);
-                    continue;
-                }
-                // The dedup index maps the id to the timestamp part of the event key.
-                batch.insert(&self.event_ids, event.id_key.to_vec(), event.key[4..12].to_vec());
-                batch.insert(&self.events, event.key.to_vec(), event.value);
-                job_outcomes.push(AppendOutcome::Stored);
-            }
-            outcomes.push(job_outcomes);
-        }
-        batch.commit()?;
-        Ok(outcomes)
-    }
-
-    fn scan_into(
-        &self,
-        site_num: u32,
-        from_micros: i64,
-        to_micros: i64,
-        out: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
-    ) -> Result<(), StorageError> {
-        let low = event_key(site_num, encode_ts(from_micros), &[0; 16]);
-        let high = event_key(site_num, encode_ts(to_micros), &[0; 16]);
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-        for guard in self.events.range(low..high) {
-            let (key, value) = guard.into_inner()?;
-            chunk.push(decode_event(&key, &value)?);
-            if chunk.len() == SCAN_CHUNK {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK));
-                if out.blocking_send(Ok(full)).is_err() {
-                    return Ok(()); // the reader went away
-                }
-            }
-        }
-        if !chunk.is_empty() {
-            let _ = out.blocking_send(Ok(chunk));
-        }
-        Ok(())
-    }
-}
-
-fn writer_loop(inner: &Inner, mut jobs: mpsc::Receiver<WriteJob>) {
-    let mut group = Vec::new();
-    while let Some(first) = jobs.blocking_recv() {
-        let mut queued_events = first.events.len();
-        group.push(first);
-        while queued_events < MAX_GROUP_EVENTS {
-            let Ok(next) = jobs.try_recv() else { break };
-            queued_events += next.events.len();
-            group.push(next);
-        }
-        match inner.commit_group(&mut group) {
-            Ok(outcomes) => {
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, events = queued_events, "group commit failed");
-                for job in group.drain(..) {
-                    let _ = job.reply.send(Err(StorageError::Io(err.to_string())));
-                }
-            }
-        }
-    }
-}
-
-/// Timestamps as big-endian u64 with the sign bit flipped, so byte order is time order.
-fn encode_ts(micros: i64) -> u64 {
-    (micros as u64) ^ (1 << 63)
-}
-
-fn decode_ts(encoded: u64) -> i64 {
-    (encoded ^ (1 << 63)) as i64
-}
-
-fn event_key(site_num: u32, ts: u64, id: &[u8; 16]) -> [u8; 28] {
-    let mut key = [0u8; 28];
-    key[..4].copy_from_slice(&site_num.to_be_bytes());
-    key[4..12].copy_from_slice(&ts.to_be_bytes());
-    key[12..].copy_from_slice(id);
-    key
-}
-
-fn id_key(site_num: u32, id: &[u8; 16]) -> [u8; 20] {
-    let mut key = [0u8; 20];
-    key[..4].copy_from_slice(&site_num.to_be_bytes());
-    key[4..].copy_from_slice(id);
-    key
-}
-
-fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent, StorageError> {
-    if key.len() != 28 {
-        return Err(StorageError::Corrupt(format!("event key of {} bytes", key.len())));
-    }
-    let mut event =
-        StoredEvent::decode(value).map_err(|err| StorageError::Corrupt(format!("event: {err}")))?;
-    let ts = u64::from_be_bytes(key[4..12].try_into().expect("8 bytes"));
-    event.ts_micros = decode_ts(ts);
-    event.event_id = key[12..].to_vec();
-    Ok(event)
 }
 
 fn split_site_value(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
@@ -335,10 +217,10 @@ impl EventStore for EmbeddedStore {
             .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
         let events = events
             .into_iter()
-            .map(|event| PreparedEvent::new(site_num, event))
+            .map(|event| events::PreparedEvent::new(site_num, &event))
             .collect::<Result<Vec<_>, _>>()?;
         let (reply, outcome) = oneshot::channel();
-        let job = WriteJob { events, reply };
+        let job = events::WriteJob { events, reply };
         self.writer
             .send(job)
             .await
@@ -353,7 +235,7 @@ impl EventStore for EmbeddedStore {
         if let Some(site_num) = self.site_num(site) {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(err) = inner.scan_into(site_num, from_micros, to_micros, &tx) {
+                if let Err(err) = events::scan(&inner.events, site_num, from_micros, to_micros, &tx) {
                     let _ = tx.blocking_send(Err(err));
                 }
             });
@@ -472,20 +354,5 @@ impl KeyStore for EmbeddedStore {
             Ok(secret)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_sort_as_bytes() {
-        let times = [i64::MIN, -1_000_000, -1, 0, 1, 1_700_000_000_000_000, i64::MAX];
-        let encoded: Vec<[u8; 8]> = times.iter().map(|t| encode_ts(*t).to_be_bytes()).collect();
-        assert!(encoded.windows(2).all(|w| w[0] < w[1]));
-        for t in times {
-            assert_eq!(decode_ts(encode_ts(t)), t);
-        }
     }
 }
