@@ -46,7 +46,6 @@ impl Ingest {
         for (index, raw) in events.iter().enumerate() {
             let mut result = v1::EventResult {
                 index: index as i32,
-                event_id: raw.event_id.clone(),
                 ..Default::default()
             };
             match self.pipeline.run(raw, facts) {
@@ -55,6 +54,7 @@ impl Ingest {
                     to_store.push(stored);
                 }
                 Err(rejection) => {
+                    result.event_id = raw.event_id.clone();
                     result.set_verdict(v1::Verdict::Rejected);
                     result.set_reason(rejection.reason);
                     result.field = rejection.field;
@@ -65,11 +65,14 @@ impl Ingest {
         }
         let outcomes = self.store.append(&site, to_store).await?;
         for (index, outcome) in accepted_indices.into_iter().zip(outcomes) {
-            let verdict = match outcome {
-                AppendOutcome::Stored => v1::Verdict::Accepted,
-                AppendOutcome::Duplicate => v1::Verdict::Duplicate,
-            };
-            results[index].set_verdict(verdict);
+            let result = &mut results[index];
+            match outcome {
+                AppendOutcome::Stored => result.set_verdict(v1::Verdict::Accepted),
+                AppendOutcome::Duplicate => {
+                    result.set_verdict(v1::Verdict::Duplicate);
+                    result.event_id = events[index].event_id.clone();
+                }
+            }
         }
         let count = |v: v1::Verdict| results.iter().filter(|r| r.verdict() == v).count() as i32;
         Ok(v1::TrackResponse {

@@ -430,6 +430,12 @@ async fn invalid_events_are_rejected_one_by_one_and_valid_ones_stored() {
         (response.accepted, response.duplicates, response.rejected),
         (2, 1, 12)
     );
+    // Ids are echoed for duplicates and rejections; accepted events are matched by index.
+    let echoed: Vec<&str> = response.results.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(echoed[0], "");
+    assert_eq!(echoed[2], "not-a-uuid");
+    assert_eq!(echoed[13], uuid::Uuid::from_u128(1).to_string());
+    assert_eq!(echoed[14], "");
     assert_eq!(
         response.results.iter().map(|r| r.index).collect::<Vec<_>>(),
         (0..15).collect::<Vec<_>>()
