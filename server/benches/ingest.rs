@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tally_proto::v1::{
     self,
@@ -78,16 +78,17 @@ async fn start_noop() -> SocketAddr {
     addr
 }
 
-async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String) {
+async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<EmbeddedStore>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let served = store.clone();
     let config = Config {
         admin_key: Some(ADMIN_KEY.into()),
         ..Config::default()
     };
     tokio::spawn(async move {
-        tally_server::server::run(listener, &config, store, std::future::pending())
+        tally_server::server::run(listener, &config, served, std::future::pending())
             .await
             .unwrap();
     });
@@ -113,7 +114,7 @@ async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String) {
         .unwrap()
         .into_inner()
         .secret;
-    (addr, secret)
+    (addr, secret, store)
 }
 
 async fn connect(addr: SocketAddr) -> Channel {
@@ -241,7 +242,8 @@ fn main() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let noop = start_noop().await;
-        let (tally, key) = start_tally(dir.path()).await;
+        let (tally, key, store) = start_tally(dir.path()).await;
+        let mut stored = 0;
         println!(
             "ingest benchmark: {total} events per case, {CLIENT_TASKS} client tasks on {CHANNELS} connections"
         );
@@ -260,11 +262,16 @@ fn main() {
             drive(tally, &key, batches(count / 10, batch), mode).await;
             let base = drive(noop, &key, batches(count, batch), mode).await;
             let ours = drive(tally, &key, batches(count, batch), mode).await;
+            stored += count + count / 10;
             println!(
                 "{name:<28} {base:>14.0} {ours:>14.0} {:>7.1}%",
                 100.0 * ours / base
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let disk = store.disk_space().unwrap();
+        println!(
+            "embedded store: {disk} bytes on disk for {stored} events ({:.0} bytes/event, journal included)",
+            disk as f64 / stored as f64
+        );
     });
 }

@@ -119,6 +119,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Options of the embedded store: its dedup window covers the oldest
+    /// timestamp ingest accepts, plus a day of margin on each side.
+    pub fn embedded_options(&self) -> crate::storage::embedded::EmbeddedOptions {
+        let past_days = self.limits.max_past_secs.div_euclid(86_400) + 1;
+        crate::storage::embedded::EmbeddedOptions {
+            dedup_window_days: past_days + 1,
+        }
+    }
+
     /// Loads the optional file and applies the overrides, then validates.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let file_config = match file {
@@ -165,6 +174,14 @@ impl Config {
             });
         }
         let limits = file.limits.unwrap_or_default();
+        if !(60..=3650 * 86_400).contains(&limits.max_past_secs)
+            || !(0..=7 * 86_400).contains(&limits.max_future_secs)
+        {
+            return Err(ConfigError::Invalid {
+                name: "limits.max_past_secs",
+                message: "max_past_secs must be 60 s to 10 years, max_future_secs 0 to 7 days".into(),
+            });
+        }
         if limits.max_batch_events == 0 || limits.max_batch_events > 100_000 {
             return Err(ConfigError::Invalid {
                 name: "limits.max_batch_events",
@@ -204,6 +221,8 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:1234");
         assert_eq!(config.data_dir, PathBuf::from("/var/tally"));
         assert_eq!(config.log_format, LogFormat::Text);
+        // 30 days accepted -> 32 days of dedup window.
+        assert_eq!(config.embedded_options().dedup_window_days, 32);
     }
 
     #[test]

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     if config.admin_key.is_none() {
         tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
     }
-    let store = EmbeddedStore::open(&config.data_dir)
+    let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
         .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
     tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
     let listener = tokio::net::TcpListener::bind(config.listen)
