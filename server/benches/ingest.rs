@@ -1,7 +1,10 @@
 //! Ingest throughput of `tally` next to a no-op tonic server, in one process and one run,
 //! so that the ratio holds on a noisy machine.
 //!
-//! Run: `cargo bench -p tally-server --bench ingest` (`BENCH_EVENTS=N` to change the volume).
+//! Run: `cargo bench -p tally-server --bench ingest`. `BENCH_EVENTS=N` sets the events per
+//! case (default 400,000), `BENCH_CLIENTS=N` the concurrent client tasks (default 64): each
+//! task waits for its answer before it sends again, so this is the number of requests in
+//! flight, which is what group commit can fold into one sync.
 //!
 //! Both servers receive the same pre-built messages over loopback from the same
 //! client tasks: batches of 100 with `Track`, batches of 100 on `TrackStream`,
@@ -29,7 +32,6 @@ use tonic::{Request, Response, Status, Streaming};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ADMIN_KEY: &str = "bench-operator-key-0123456789";
-const CLIENT_TASKS: usize = 16;
 const CHANNELS: usize = 4;
 
 /// Receives events and does nothing with them.
@@ -172,14 +174,20 @@ enum Mode {
     Stream,
 }
 
-/// Sends every request from `CLIENT_TASKS` tasks; returns events per second.
-async fn drive(addr: SocketAddr, key: &str, requests: Vec<v1::TrackRequest>, mode: Mode) -> f64 {
+/// Sends every request from `clients` tasks; returns events per second.
+async fn drive(
+    addr: SocketAddr,
+    key: &str,
+    requests: Vec<v1::TrackRequest>,
+    mode: Mode,
+    clients: usize,
+) -> f64 {
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(connect(addr).await);
     }
     let events: usize = requests.iter().map(|r| r.events.len()).sum();
-    let per_task = requests.len().div_ceil(CLIENT_TASKS);
+    let per_task = requests.len().div_ceil(clients);
     let mut shares: Vec<Vec<v1::TrackRequest>> = Vec::new();
     let mut rest = requests;
     while !rest.is_empty() {
@@ -231,10 +239,12 @@ async fn drive(addr: SocketAddr, key: &str, requests: Vec<v1::TrackRequest>, mod
 }
 
 fn main() {
-    let total: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400_000);
+    let setting = |name: &str, default: usize| {
+        let value = std::env::var(name).ok().and_then(|v| v.parse().ok());
+        value.unwrap_or(default).max(1)
+    };
+    let total = setting("BENCH_EVENTS", 400_000);
+    let clients = setting("BENCH_CLIENTS", 64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -245,7 +255,7 @@ fn main() {
         let (tally, key, store) = start_tally(dir.path()).await;
         let mut stored = 0;
         println!(
-            "ingest benchmark: {total} events per case, {CLIENT_TASKS} client tasks on {CHANNELS} connections"
+            "ingest benchmark: {total} events per case, {clients} client tasks on {CHANNELS} connections"
         );
         println!(
             "{:<28} {:>14} {:>14} {:>8}",
@@ -258,10 +268,10 @@ fn main() {
         ];
         for (name, count, batch, mode) in cases {
             // Warm up both, then measure; every run sends fresh event ids.
-            drive(noop, &key, batches(count / 10, batch), mode).await;
-            drive(tally, &key, batches(count / 10, batch), mode).await;
-            let base = drive(noop, &key, batches(count, batch), mode).await;
-            let ours = drive(tally, &key, batches(count, batch), mode).await;
+            drive(noop, &key, batches(count / 10, batch), mode, clients).await;
+            drive(tally, &key, batches(count / 10, batch), mode, clients).await;
+            let base = drive(noop, &key, batches(count, batch), mode, clients).await;
+            let ours = drive(tally, &key, batches(count, batch), mode, clients).await;
             stored += count + count / 10;
             println!(
                 "{name:<28} {base:>14.0} {ours:>14.0} {:>7.1}%",
