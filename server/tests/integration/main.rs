@@ -6,4 +6,5 @@ mod conformance;
 mod grpc_web;
 mod harness;
 mod ingest;
+mod reflection;
 mod report;
