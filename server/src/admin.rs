@@ -49,12 +49,6 @@ impl Admin {
             ..Default::default()
         };
         apply_settings(&mut record, &site, &[])?;
-        if record.domain.is_empty() {
-            return Err(Error::invalid(
-                "site.domain",
-                "domain is required, e.g. \"example.com\"",
-            ));
-        }
         let site_id = SiteId::parse(&record.site_id).map_err(|e| e.in_field("site"))?;
         if !self.store.insert_site(record.clone()).await? {
             return Err(Error::AlreadyExists(format!("site {site_id}")));
@@ -228,7 +222,9 @@ fn apply_settings(record: &mut SiteRecord, src: &v1::Site, mask: &[String]) -> R
     if !mask.is_empty() && wants(mask, "domain") {
         record.domain = src.domain.trim().to_ascii_lowercase();
     }
-    if !record.domain.is_empty() && url::Host::parse(&record.domain).is_err() {
+    if record.domain.is_empty() {
+        bad("domain", "domain is required, e.g. \"example.com\"".into());
+    } else if url::Host::parse(&record.domain).is_err() {
         bad("domain", format!("{:?} is not a domain name", record.domain));
     }
     if wants(mask, "name") {

@@ -15,6 +15,9 @@ pub struct SiteId(String);
 impl SiteId {
     /// Validates and wraps a site id.
     pub fn parse(raw: &str) -> Result<Self, Error> {
+        if raw.is_empty() {
+            return Err(Error::invalid("site_id", "site_id is required"));
+        }
         let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
         if raw.is_empty() || raw.len() > 64 || !raw.chars().all(valid_char) {
             return Err(Error::invalid(

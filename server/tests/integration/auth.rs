@@ -272,3 +272,28 @@ async fn site_settings_are_validated_with_field_violations() {
     assert_eq!(err.code(), Code::AlreadyExists);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_site_setting_is_reported_at_once() {
+    use tonic_types::StatusExt;
+    let server = TestServer::start().await;
+    let site = v1::Site {
+        time_zone: "Berlin".into(),
+        session_timeout_minutes: -1,
+        ..Default::default()
+    };
+    let request = v1::CreateSiteRequest { site: Some(site) };
+    let err = server
+        .admin()
+        .create_site(authed(ADMIN_KEY, request))
+        .await
+        .unwrap_err();
+    let violations = err.get_details_bad_request().unwrap().field_violations;
+    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec!["site.domain", "site.time_zone", "site.session_timeout_minutes"]
+    );
+    assert!(violations[0].description.contains("required"));
+    server.stop().await;
+}

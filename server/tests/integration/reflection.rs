@@ -11,9 +11,15 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
     let request = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
         responses.message().await.unwrap().unwrap().message_response
     else {
@@ -24,11 +30,17 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
     let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "tally.v1.IngestService".into(),
-        )),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "tally.v1.IngestService".into(),
+            ),
+        ),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
         responses.message().await.unwrap().unwrap().message_response
     else {
