@@ -47,8 +47,10 @@ pub type EventChunks = Pin<Box<dyn Stream<Item = Result<Vec<StoredEvent>, Storag
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events of one site, each with its id and timestamp set.
-    /// Deduplicates by event id against everything stored and within the call.
-    /// Returns one outcome per event, in order, once the events are durable.
+    /// Deduplicates by event id within the call and against every stored event
+    /// whose timestamp is inside the backend's dedup window, which covers at
+    /// least the 30 days of timestamps that ingest accepts. Returns one outcome
+    /// per event, in order, once the events are durable.
     async fn append(
         &self,
         site: &SiteId,
