@@ -33,7 +33,12 @@ const WRITER_QUEUE: usize = 1024;
 
 impl From<fjall::Error> for StorageError {
     fn from(err: fjall::Error) -> Self {
-        StorageError::Io(err.to_string())
+        match err {
+            fjall::Error::Locked => StorageError::Io(
+                "the data directory is in use by another process (is another tally serving from it?)".into(),
+            ),
+            other => StorageError::Io(other.to_string()),
+        }
     }
 }
 
