@@ -8,7 +8,7 @@
 //! Keyspaces besides those of [`events`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
-//! - `meta`: `next_site_num`, `instance_secret`, `next_pack_seq`.
+//! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`.
 
 mod dedup;
 mod events;
@@ -120,6 +120,7 @@ impl EmbeddedStore {
             keys_cache: RwLock::new(KeyCache::default()),
             meta_lock: Mutex::new(()),
         };
+        inner.check_format()?;
         inner.load_caches()?;
         let inner = Arc::new(inner);
         let pack_ids = inner.db.keyspace("pack_ids", KeyspaceCreateOptions::default)?;
@@ -163,7 +164,36 @@ impl EmbeddedStore {
     }
 }
 
+/// Version of the on-disk layout; a store written with another one is refused.
+const FORMAT_VERSION: u32 = 1;
+
 impl Inner {
+    /// Stamps a new store with [`FORMAT_VERSION`], or checks an existing one.
+    fn check_format(&self) -> Result<(), StorageError> {
+        match self.meta.get("format_version")? {
+            Some(raw) => {
+                let version = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StorageError::Corrupt("format_version".into()))?;
+                if version != FORMAT_VERSION {
+                    return Err(StorageError::Io(format!(
+                        "the data directory has layout version {version}, this tally reads version {FORMAT_VERSION}"
+                    )));
+                }
+                Ok(())
+            }
+            None => {
+                let mut batch = self.durable_batch();
+                batch.insert(
+                    &self.meta,
+                    "format_version",
+                    FORMAT_VERSION.to_be_bytes().to_vec(),
+                );
+                Ok(batch.commit()?)
+            }
+        }
+    }
+
     fn load_caches(&self) -> Result<(), StorageError> {
         let mut sites = self.sites_cache.write().unwrap_or_else(|e| e.into_inner());
         for guard in self.sites.iter() {
