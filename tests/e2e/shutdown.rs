@@ -77,3 +77,85 @@ async fn bad_configuration_is_reported_before_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("mystery"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_open_stream_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tally = Tally::start(dir.path()).await;
+    let key = site_with_ingest_key(tally.channel().await, "s").await;
+    let mut client = v1::ingest_service_client::IngestServiceClient::new(tally.channel().await);
+    let batch = |n: usize| v1::TrackRequest {
+        site_id: "s".into(),
+        events: (0..n)
+            .map(|_| v1::Event {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                timestamp: Some(now_timestamp()),
+                r#type: v1::EventType::Pageview as i32,
+                url: "https://s.example/".into(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(batch(10)).await.unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let call = tokio::spawn(async move { client.track_stream(authed(&key, stream)).await });
+
+    // Wait until the stream's first message is stored, then ask the server to stop.
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(tally.channel().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stored_events(&mut admin).await < 10 {
+        assert!(std::time::Instant::now() < deadline, "first message not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = tally.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Give the signal a moment to land; if it lands later, the test still holds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(batch(5)).await.unwrap();
+    drop(tx);
+
+    let response = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        (response.requests, response.accepted),
+        (2, 15),
+        "the open stream finished"
+    );
+    assert!(tally.wait_exit(Duration::from_secs(20)).success());
+}
+
+async fn stored_events(
+    admin: &mut v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+) -> usize {
+    let now = now_timestamp();
+    let request = v1::ExportEventsRequest {
+        site_id: "s".into(),
+        time_range: Some(v1::TimeRange {
+            start_time: Some(prost_types::Timestamp {
+                seconds: now.seconds - 3600,
+                nanos: 0,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: now.seconds + 3600,
+                nanos: 0,
+            }),
+        }),
+        ..Default::default()
+    };
+    let mut chunks = admin
+        .export_events(authed(ADMIN_KEY, request))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        count += chunk.events.len();
+    }
+    count
+}
