@@ -98,7 +98,10 @@ pub struct DiskQueue {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError + '_ {
-    move |source| QueueError::Io { path: path.to_owned(), source }
+    move |source| QueueError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl DiskQueue {
@@ -134,7 +137,10 @@ impl DiskQueue {
         let acked = read_ack(dir, generation).min(records.len() as u64);
         let records_in_file = records.len() as u64;
         let pending: VecDeque<Vec<u8>> = records.into_iter().skip(acked as usize).collect();
-        let recovery = Recovery { pending: pending.len(), torn_bytes };
+        let recovery = Recovery {
+            pending: pending.len(),
+            torn_bytes,
+        };
         let queue = Self {
             dir: dir.to_owned(),
             file,
@@ -240,7 +246,10 @@ impl DiskQueue {
         let log_path = self.log_path();
         std::fs::rename(&tmp_path, &log_path).map_err(io(&log_path))?;
         // The old ack file names the old generation, so it now counts as zero.
-        self.file = OpenOptions::new().append(true).open(&log_path).map_err(io(&log_path))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
         self.generation = generation;
         self.records_in_file = self.pending.len() as u64;
         self.acked_in_file = 0;
@@ -285,7 +294,9 @@ fn ack_path(dir: &Path) -> PathBuf {
 }
 
 fn read_ack(dir: &Path, generation: u64) -> u64 {
-    let Ok(bytes) = std::fs::read(ack_path(dir)) else { return 0 };
+    let Ok(bytes) = std::fs::read(ack_path(dir)) else {
+        return 0;
+    };
     if bytes.len() != 20 || crc32fast::hash(&bytes[..16]).to_le_bytes() != bytes[16..20] {
         return 0;
     }
@@ -386,10 +397,17 @@ mod tests {
         for cut in 1..(RECORD_HEADER_LEN as u64 + record(4).len() as u64) {
             let copy = tempfile::tempdir().unwrap();
             std::fs::copy(&log, copy.path().join("queue.log")).unwrap();
-            let file = OpenOptions::new().write(true).open(copy.path().join("queue.log")).unwrap();
+            let file = OpenOptions::new()
+                .write(true)
+                .open(copy.path().join("queue.log"))
+                .unwrap();
             file.set_len(full - cut).unwrap();
             let (mut queue, recovery) = open(copy.path(), 100);
-            assert_eq!(contents(&queue), (0..4).map(record).collect::<Vec<_>>(), "cut {cut}");
+            assert_eq!(
+                contents(&queue),
+                (0..4).map(record).collect::<Vec<_>>(),
+                "cut {cut}"
+            );
             assert!(recovery.torn_bytes > 0);
             // New records land after the kept ones.
             queue.push(&record(7)).unwrap();
@@ -450,7 +468,9 @@ mod tests {
     fn other_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("queue.log"), b"hello world, not a queue").unwrap();
-        let err = DiskQueue::open(dir.path(), &QueueConfig::default()).err().unwrap();
+        let err = DiskQueue::open(dir.path(), &QueueConfig::default())
+            .err()
+            .unwrap();
         assert!(matches!(err, QueueError::NotAQueue(_)), "{err}");
     }
 }
