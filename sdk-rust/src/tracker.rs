@@ -335,6 +335,8 @@ pub struct TrackerStats {
 
 struct Session {
     id: String,
+    /// True until the first event of this session is tracked.
+    fresh: bool,
     last_activity: SystemTime,
     /// Set while the app is in the background.
     background_since: Option<SystemTime>,
@@ -396,6 +398,7 @@ impl Tracker {
             context: Mutex::new(config.context.to_proto()),
             session: Mutex::new(Session {
                 id: uuid::Uuid::now_v7().to_string(),
+                fresh: true,
                 last_activity: now,
                 background_since: None,
             }),
@@ -432,9 +435,10 @@ impl Tracker {
         event.timestamp = Some(prost_types::Timestamp::from(now));
         event.anonymous_id = shared.anonymous_id.clone();
         event.user_id = lock(&shared.user_id).clone();
+        let (session_id, session_start) = shared.touch_session(now);
         event.session = Some(v1::SessionHint {
-            session_id: shared.touch_session(now),
-            session_start: false,
+            session_id,
+            session_start,
         });
         event.context = Some(lock(&shared.context).clone());
         let id = event.event_id.clone();
@@ -482,6 +486,7 @@ impl Tracker {
             let away = now.duration_since(since).unwrap_or_default();
             if away > self.shared.config.session_timeout {
                 session.id = uuid::Uuid::now_v7().to_string();
+                session.fresh = true;
             }
             session.last_activity = now;
         }
@@ -563,15 +568,18 @@ impl Drop for Tracker {
 }
 
 impl Shared {
-    /// The session id for an event at `now`, rotating it after inactivity.
-    fn touch_session(&self, now: SystemTime) -> String {
+    /// The session id for an event at `now` (rotated after inactivity), and
+    /// whether the event is the session's first.
+    fn touch_session(&self, now: SystemTime) -> (String, bool) {
         let mut session = lock(&self.session);
         let idle = now.duration_since(session.last_activity).unwrap_or_default();
         if idle > self.config.session_timeout {
             session.id = uuid::Uuid::now_v7().to_string();
+            session.fresh = true;
         }
         session.last_activity = now;
-        session.id.clone()
+        let first = std::mem::replace(&mut session.fresh, false);
+        (session.id.clone(), first)
     }
 
     fn stopping(&self) -> bool {

@@ -253,6 +253,38 @@ async fn a_long_background_starts_a_new_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_their_session_and_mark_its_start() {
+    use prost::Message;
+    let queue = tempfile::tempdir().unwrap();
+    let mut config = config(free_addr(), "tly_ing_x", queue.path());
+    config.session_timeout = Duration::from_secs(3600);
+    let tracker = Tracker::start(config).unwrap();
+    tracker.track(TrackEvent::custom("a")).unwrap();
+    tracker.track(TrackEvent::custom("b")).unwrap();
+    drop(tracker);
+    let mut config = config_for(queue.path());
+    config.session_timeout = Duration::ZERO;
+    let tracker = Tracker::start(config).unwrap();
+    tracker.track(TrackEvent::custom("c")).unwrap();
+    drop(tracker);
+
+    let (queued, _) = tally_sdk::queue::DiskQueue::open(queue.path(), &Default::default()).unwrap();
+    let hints: Vec<(String, bool)> = queued
+        .peek(10)
+        .map(|bytes| v1::Event::decode(bytes).unwrap().session.unwrap())
+        .map(|hint| (hint.session_id, hint.session_start))
+        .collect();
+    assert_eq!(hints.len(), 3);
+    assert_eq!((hints[0].1, hints[1].1, hints[2].1), (true, false, true));
+    assert_eq!(hints[0].0, hints[1].0);
+    assert_ne!(hints[1].0, hints[2].0, "a new process starts a new session");
+}
+
+fn config_for(queue: &std::path::Path) -> TrackerConfig {
+    config(free_addr(), "tly_ing_x", queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_and_counts() {
     let queue = tempfile::tempdir().unwrap();
     let mut config = config(free_addr(), "tly_ing_x", queue.path());
