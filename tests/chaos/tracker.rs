@@ -44,11 +44,14 @@ async fn main() {
     let first: u64 = first.parse().expect("FIRST");
     let count: u64 = count.parse().expect("COUNT");
     for seq in first..first + count {
-        writeln!(log, "intent {seq}").expect("log write");
+        // One write per line, so a kill leaves whole lines (or none).
+        log.write_all(format!("intent {seq}\n").as_bytes())
+            .expect("log write");
         let id = tracker
             .track(TrackEvent::custom("chaos").number("seq", seq as f64))
             .expect("tracked");
-        writeln!(log, "tracked {seq} {id}").expect("log write");
+        log.write_all(format!("tracked {seq} {id}\n").as_bytes())
+            .expect("log write");
         tokio::task::yield_now().await;
     }
     // Keep sending until killed (or until everything is delivered).

@@ -93,16 +93,22 @@ fn read_log(path: &std::path::Path) -> Log {
         intents: HashSet::new(),
         tracked: HashMap::new(),
     };
-    for line in text.lines() {
+    // Each line is one write; only a final line without its newline can be torn.
+    let complete = text.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    for line in complete.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
         match parts.as_slice() {
             ["intent", seq] => {
-                log.intents.insert(seq.parse().unwrap());
+                log.intents
+                    .insert(seq.parse().unwrap_or_else(|_| panic!("bad log line {line:?}")));
             }
             ["tracked", seq, id] => {
-                log.tracked.insert(seq.parse().unwrap(), id.to_string());
+                log.tracked.insert(
+                    seq.parse().unwrap_or_else(|_| panic!("bad log line {line:?}")),
+                    id.to_string(),
+                );
             }
-            _ => {} // a line torn by a kill
+            _ => panic!("unexpected log line {line:?}"),
         }
     }
     log
