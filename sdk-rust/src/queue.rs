@@ -164,9 +164,7 @@ impl DiskQueue {
             return Ok(PushOutcome::Dropped);
         }
         let mut record = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-        record.extend((payload.len() as u32).to_le_bytes());
-        record.extend(crc32fast::hash(payload).to_le_bytes());
-        record.extend(payload);
+        encode_record(payload, &mut record);
         // One write per record: a kill leaves at most this record torn.
         self.file.write_all(&record).map_err(io(&self.log_path()))?;
         self.pending.push_back(payload.to_vec());
@@ -237,9 +235,7 @@ impl DiskQueue {
         write_header(&mut tmp, generation).map_err(io(&tmp_path))?;
         let mut bytes = Vec::new();
         for payload in &self.pending {
-            bytes.extend((payload.len() as u32).to_le_bytes());
-            bytes.extend(crc32fast::hash(payload).to_le_bytes());
-            bytes.extend(payload);
+            encode_record(payload, &mut bytes);
         }
         tmp.write_all(&bytes).map_err(io(&tmp_path))?;
         tmp.sync_data().map_err(io(&tmp_path))?;
@@ -255,6 +251,13 @@ impl DiskQueue {
         self.acked_in_file = 0;
         Ok(())
     }
+}
+
+/// Appends `len | crc32 | payload` to `out`.
+fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend((payload.len() as u32).to_le_bytes());
+    out.extend(crc32fast::hash(payload).to_le_bytes());
+    out.extend(payload);
 }
 
 fn write_header(file: &mut File, generation: u64) -> std::io::Result<()> {

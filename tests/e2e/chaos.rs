@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tally_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -170,37 +169,13 @@ async fn a_tracker_killed_a_thousand_times_loses_and_duplicates_nothing() {
     assert!(status.success(), "drain run failed: {status:?}");
 
     let log = read_log(&log_path);
-    let mut admin = v1::admin_service_client::AdminServiceClient::new(tally.channel().await);
-    let now = now_timestamp();
-    let request = v1::ExportEventsRequest {
-        site_id: "s".into(),
-        time_range: Some(v1::TimeRange {
-            start_time: Some(prost_types::Timestamp {
-                seconds: now.seconds - 3600,
-                nanos: 0,
-            }),
-            end_time: Some(prost_types::Timestamp {
-                seconds: now.seconds + 60,
-                nanos: 0,
-            }),
-        }),
-        chunk_size: 10_000,
-        ..Default::default()
-    };
-    let mut chunks = admin
-        .export_events(authed(ADMIN_KEY, request))
-        .await
-        .unwrap()
-        .into_inner();
     let mut stored: Vec<(u64, String)> = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        for event in chunk.unwrap().events {
-            let seq = match event.properties.get("seq").and_then(|p| p.value.clone()) {
-                Some(v1::property_value::Value::NumberValue(n)) => n as u64,
-                other => panic!("event without seq: {other:?}"),
-            };
-            stored.push((seq, event.event_id));
-        }
+    for event in export_recent(tally.channel().await, "s").await {
+        let seq = match event.properties.get("seq").and_then(|p| p.value.clone()) {
+            Some(v1::property_value::Value::NumberValue(n)) => n as u64,
+            other => panic!("event without seq: {other:?}"),
+        };
+        stored.push((seq, event.event_id));
     }
 
     let stored_ids: HashSet<&String> = stored.iter().map(|(_, id)| id).collect();

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use tally_proto::v1;
 
 use crate::process::*;
@@ -67,32 +66,11 @@ async fn acknowledged_events_survive_kill_9() {
     assert!(acked.len() >= 20_000);
 
     let tally = Tally::start(dir.path()).await;
-    let mut admin = v1::admin_service_client::AdminServiceClient::new(tally.channel().await);
-    let now = now_timestamp();
-    let request = v1::ExportEventsRequest {
-        site_id: "s".into(),
-        time_range: Some(v1::TimeRange {
-            start_time: Some(prost_types::Timestamp {
-                seconds: now.seconds - 3600,
-                nanos: 0,
-            }),
-            end_time: Some(prost_types::Timestamp {
-                seconds: now.seconds + 3600,
-                nanos: 0,
-            }),
-        }),
-        chunk_size: 5000,
-        ..Default::default()
-    };
-    let mut chunks = admin
-        .export_events(authed(ADMIN_KEY, request))
+    let stored: Vec<String> = export_recent(tally.channel().await, "s")
         .await
-        .unwrap()
-        .into_inner();
-    let mut stored = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        stored.extend(chunk.unwrap().events.into_iter().map(|e| e.event_id));
-    }
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
     let stored_set: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored_set.len(), stored.len(), "no event stored twice");
     let missing = acked.difference(&stored_set).count();

@@ -145,3 +145,29 @@ pub fn now_timestamp() -> prost_types::Timestamp {
         nanos: now.subsec_nanos() as i32,
     }
 }
+
+/// Every event of `site` stored in the last hour (and the next), as exported by the server.
+pub async fn export_recent(channel: Channel, site: &str) -> Vec<v1::RecordedEvent> {
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
+    let now = now_timestamp();
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let request = v1::ExportEventsRequest {
+        site_id: site.into(),
+        time_range: Some(v1::TimeRange {
+            start_time: at(now.seconds - 3600),
+            end_time: at(now.seconds + 3600),
+        }),
+        chunk_size: 10_000,
+        ..Default::default()
+    };
+    let mut chunks = admin
+        .export_events(authed(ADMIN_KEY, request))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        events.extend(chunk.events);
+    }
+    events
+}

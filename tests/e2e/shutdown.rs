@@ -102,9 +102,8 @@ async fn sigterm_lets_an_open_stream_finish() {
     let call = tokio::spawn(async move { client.track_stream(authed(&key, stream)).await });
 
     // Wait until the stream's first message is stored, then ask the server to stop.
-    let mut admin = v1::admin_service_client::AdminServiceClient::new(tally.channel().await);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while stored_events(&mut admin).await < 10 {
+    while export_recent(tally.channel().await, "s").await.len() < 10 {
         assert!(std::time::Instant::now() < deadline, "first message not stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -128,34 +127,4 @@ async fn sigterm_lets_an_open_stream_finish() {
         "the open stream finished"
     );
     assert!(tally.wait_exit(Duration::from_secs(20)).success());
-}
-
-async fn stored_events(
-    admin: &mut v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
-) -> usize {
-    let now = now_timestamp();
-    let request = v1::ExportEventsRequest {
-        site_id: "s".into(),
-        time_range: Some(v1::TimeRange {
-            start_time: Some(prost_types::Timestamp {
-                seconds: now.seconds - 3600,
-                nanos: 0,
-            }),
-            end_time: Some(prost_types::Timestamp {
-                seconds: now.seconds + 3600,
-                nanos: 0,
-            }),
-        }),
-        ..Default::default()
-    };
-    let mut chunks = admin
-        .export_events(authed(ADMIN_KEY, request))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut count = 0;
-    while let Some(chunk) = chunks.message().await.unwrap() {
-        count += chunk.events.len();
-    }
-    count
 }
