@@ -621,7 +621,11 @@ async fn send_loop(shared: Arc<Shared>) {
     // After a failed attempt and its backoff, the batch is sent again at once.
     let mut retry_now = false;
     loop {
-        let queued = lock(&shared.queue).len();
+        // Opted out: nothing to send (the queue was cleared), so just wait.
+        let queued = match shared.opted_out.load(Ordering::Acquire) {
+            true => 0,
+            false => lock(&shared.queue).len(),
+        };
         let flush_asked = shared.flush_requests.load(Ordering::Acquire) != served_flushes;
         if shared.stopping() {
             return;
@@ -645,9 +649,6 @@ async fn send_loop(shared: Arc<Shared>) {
             }
         }
         served_flushes = shared.flush_requests.load(Ordering::Acquire);
-        if shared.opted_out.load(Ordering::Acquire) {
-            continue;
-        }
         let batch = shared.next_batch();
         if batch.is_empty() {
             continue;
@@ -658,7 +659,13 @@ async fn send_loop(shared: Arc<Shared>) {
             events: batch.clone(),
         };
         retry_now = false;
-        match shared.client.track(request).await {
+        // Shutdown does not wait for an answer: the batch stays queued and is
+        // sent again next time, where the server recognises it.
+        let sent = tokio::select! {
+            sent = shared.client.track(request) => sent,
+            _ = shutdown.changed() => return,
+        };
+        match sent {
             Ok(response) => {
                 attempt = 0;
                 for result in &response.results {

@@ -296,3 +296,35 @@ async fn a_full_queue_drops_and_counts() {
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 10);
     assert_eq!(tracker.stats().dropped, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_its_deadline_when_the_server_hangs() {
+    // A listener that accepts connections and never answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = black_hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let queue = tempfile::tempdir().unwrap();
+    let mut config = config(addr, "tly_ing_x", queue.path());
+    config.request_timeout = Duration::from_secs(60);
+    let tracker = Tracker::start(config).unwrap();
+    tracker.track(TrackEvent::custom("stuck")).unwrap();
+    let started = std::time::Instant::now();
+    let result = tracker.shutdown(Duration::from_millis(300)).await;
+    assert!(
+        matches!(result, Err(tally_sdk::FlushError::Timeout { pending: 1 })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(tracker);
+    let (queued, _) = tally_sdk::queue::DiskQueue::open(queue.path(), &Default::default()).unwrap();
+    assert_eq!(queued.len(), 1, "the event stays queued for the next start");
+}
