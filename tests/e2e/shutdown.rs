@@ -28,14 +28,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     );
     assert_eq!(client.track(request).await.unwrap().into_inner().accepted, 1);
 
-    let pid = tally.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    tally.terminate();
     let status = tally.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status:?}");
 
@@ -107,14 +100,7 @@ async fn sigterm_lets_an_open_stream_finish() {
         assert!(std::time::Instant::now() < deadline, "first message not stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = tally.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    tally.terminate();
     // Give the signal a moment to land; if it lands later, the test still holds.
     tokio::time::sleep(Duration::from_millis(200)).await;
     tx.send(batch(5)).await.unwrap();
