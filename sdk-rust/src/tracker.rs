@@ -654,9 +654,11 @@ async fn send_loop(shared: Arc<Shared>) {
             continue;
         }
         let n = batch.len();
+        // Only the ids are needed after the send, to name rejected events.
+        let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
         let request = v1::TrackRequest {
             site_id: shared.config.site_id.clone(),
-            events: batch.clone(),
+            events: batch,
         };
         retry_now = false;
         // Shutdown does not wait for an answer: the batch stays queued and is
@@ -670,10 +672,7 @@ async fn send_loop(shared: Arc<Shared>) {
                 attempt = 0;
                 for result in &response.results {
                     if result.verdict() == v1::Verdict::Rejected {
-                        let event_id = batch
-                            .get(result.index as usize)
-                            .map(|e| e.event_id.clone())
-                            .unwrap_or_default();
+                        let event_id = ids.get(result.index as usize).cloned().unwrap_or_default();
                         shared.report(Rejected {
                             event_id,
                             reason: result.reason(),
@@ -691,9 +690,9 @@ async fn send_loop(shared: Arc<Shared>) {
             Err(TrackError::Invalid { message, .. }) => {
                 // The request as a whole can never succeed: drop it and say so.
                 attempt = 0;
-                for event in &batch {
+                for event_id in ids {
                     shared.report(Rejected {
-                        event_id: event.event_id.clone(),
+                        event_id,
                         reason: v1::RejectReason::Unspecified,
                         field: String::new(),
                         message: message.clone(),

@@ -79,7 +79,10 @@ impl DedupWindow {
     /// Forgets days that ingest can no longer accept events for.
     pub fn prune(&mut self, now_micros: i64) {
         let first = self.first_day(now_micros);
-        self.days = self.days.split_off(&first);
+        // Called on every group commit: only rebuild the map when a day has expired.
+        if self.days.first_key_value().is_some_and(|(day, _)| *day < first) {
+            self.days = self.days.split_off(&first);
+        }
     }
 
     /// Number of fingerprints held.
