@@ -194,7 +194,7 @@ fn wants(mask: &[String], field: &str) -> bool {
 
 /// Copies and validates the settable fields named by `mask` from `src`.
 fn apply_settings(record: &mut SiteRecord, src: &v1::Site, mask: &[String]) -> Result<()> {
-    const SETTABLE: [&str; 8] = [
+    const SETTABLE: [&str; 10] = [
         "domain",
         "name",
         "time_zone",
@@ -203,6 +203,8 @@ fn apply_settings(record: &mut SiteRecord, src: &v1::Site, mask: &[String]) -> R
         "salt_policy",
         "session_timeout_minutes",
         "additional_domains",
+        "honor_do_not_track",
+        "excluded_ip_ranges",
     ];
     let mut violations = Vec::new();
     let mut bad = |field: &str, description: String| {
@@ -278,8 +280,12 @@ fn apply_settings(record: &mut SiteRecord, src: &v1::Site, mask: &[String]) -> R
             0 => SaltPolicy::Daily as i32,
             n => n,
         };
-        if ![SaltPolicy::Daily as i32, SaltPolicy::Fixed as i32].contains(&record.salt_policy) {
-            bad("salt_policy", "unknown salt policy".into());
+        let known = [SaltPolicy::Daily, SaltPolicy::Weekly, SaltPolicy::Fixed].map(|p| p as i32);
+        if !known.contains(&record.salt_policy) {
+            bad(
+                "salt_policy",
+                "unknown salt policy; use SALT_POLICY_DAILY, SALT_POLICY_WEEKLY or SALT_POLICY_FIXED".into(),
+            );
         }
     }
     if wants(mask, "session_timeout_minutes") {
@@ -301,10 +307,41 @@ fn apply_settings(record: &mut SiteRecord, src: &v1::Site, mask: &[String]) -> R
             .map(|d| d.trim().to_ascii_lowercase())
             .collect();
     }
+    if wants(mask, "honor_do_not_track") {
+        record.honor_do_not_track = src.honor_do_not_track;
+    }
+    if wants(mask, "excluded_ip_ranges") {
+        record.excluded_ip_ranges = Vec::with_capacity(src.excluded_ip_ranges.len());
+        if src.excluded_ip_ranges.len() > MAX_EXCLUDED_IP_RANGES {
+            bad(
+                "excluded_ip_ranges",
+                format!("at most {MAX_EXCLUDED_IP_RANGES} ranges"),
+            );
+        }
+        for (i, range) in src.excluded_ip_ranges.iter().enumerate() {
+            match parse_ip_range(range) {
+                Ok(net) => record.excluded_ip_ranges.push(net.to_string()),
+                Err(message) => bad(&format!("excluded_ip_ranges[{i}]"), message),
+            }
+        }
+    }
     match violations.is_empty() {
         true => Ok(()),
         false => Err(Error::InvalidArgument(violations)),
     }
+}
+
+/// Most excluded IP ranges per site.
+const MAX_EXCLUDED_IP_RANGES: usize = 100;
+
+/// Parses an address ("203.0.113.7", "2001:db8::1") or a CIDR range
+/// ("203.0.113.0/24"); a bare address is a range of one.
+pub fn parse_ip_range(raw: &str) -> std::result::Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{raw:?} is not an IP address or a CIDR range such as \"203.0.113.0/24\""))
 }
 
 /// The public form of a site.
@@ -320,6 +357,8 @@ pub fn site_to_proto(record: &SiteRecord) -> v1::Site {
         session_timeout_minutes: record.session_timeout_minutes,
         additional_domains: record.additional_domains.clone(),
         create_time: Some(micros_to_timestamp(record.create_micros)),
+        honor_do_not_track: record.honor_do_not_track,
+        excluded_ip_ranges: record.excluded_ip_ranges.clone(),
     }
 }
 

@@ -37,6 +37,10 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Ingest limits.
     pub limits: Option<IngestLimits>,
+    /// MaxMind-format geo-IP database.
+    pub geoip_db: Option<PathBuf>,
+    /// Header naming the client address behind a trusted proxy.
+    pub client_ip_header: Option<String>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -50,6 +54,10 @@ pub struct Overrides {
     pub admin_key: Option<String>,
     /// `--log-format` / `TALLY_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
+    /// `--geoip-db` / `TALLY_GEOIP_DB`.
+    pub geoip_db: Option<PathBuf>,
+    /// `--client-ip-header` / `TALLY_CLIENT_IP_HEADER`.
+    pub client_ip_header: Option<String>,
 }
 
 /// The validated configuration.
@@ -69,6 +77,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ingest limits.
     pub limits: IngestLimits,
+    /// MaxMind-format (`.mmdb`) geo-IP database; `None`: no geo.
+    pub geoip_db: Option<PathBuf>,
+    /// Header carrying the client address (first entry), set by a trusted
+    /// reverse proxy, e.g. `x-forwarded-for`; `None`: the connection's peer.
+    pub client_ip_header: Option<String>,
 }
 
 /// Default listen address.
@@ -85,6 +98,8 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             limits: IngestLimits::default(),
+            geoip_db: None,
+            client_ip_header: None,
         }
     }
 }
@@ -125,6 +140,19 @@ impl Config {
         let past_days = self.limits.max_past_secs.div_euclid(86_400) + 1;
         crate::storage::embedded::EmbeddedOptions {
             dedup_window_days: past_days + 1,
+        }
+    }
+
+    /// Configuration of the ingest pipeline's stages.
+    pub fn pipeline(&self) -> crate::pipeline::PipelineConfig {
+        crate::pipeline::PipelineConfig {
+            validate: crate::pipeline::ValidateConfig {
+                limits: self.limits.clone(),
+            },
+            geo: crate::pipeline::GeoConfig {
+                database: self.geoip_db.clone(),
+            },
+            ..Default::default()
         }
     }
 
@@ -188,6 +216,18 @@ impl Config {
                 message: "must be 1-100000".into(),
             });
         }
+        let client_ip_header = overrides
+            .client_ip_header
+            .or(file.client_ip_header)
+            .filter(|h| !h.is_empty());
+        if let Some(header) = &client_ip_header
+            && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            return Err(ConfigError::Invalid {
+                name: "client_ip_header",
+                message: format!("{header:?} is not an HTTP header name such as x-forwarded-for"),
+            });
+        }
         Ok(Self {
             listen,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
@@ -201,6 +241,8 @@ impl Config {
                 .shutdown_grace_secs
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             limits,
+            geoip_db: overrides.geoip_db.or(file.geoip_db),
+            client_ip_header,
         })
     }
 }

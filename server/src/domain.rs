@@ -294,6 +294,8 @@ pub enum SaltPolicy {
     Daily = 1,
     /// One salt per site, forever.
     Fixed = 2,
+    /// A new salt every week (UTC, weeks starting on Monday).
+    Weekly = 3,
 }
 
 /// A site and its settings, as stored.
@@ -329,6 +331,12 @@ pub struct SiteRecord {
     /// Creation time, microseconds since the Unix epoch.
     #[prost(int64, tag = "10")]
     pub create_micros: i64,
+    /// Browsers sending Do-Not-Track or Global Privacy Control are not tracked.
+    #[prost(bool, tag = "11")]
+    pub honor_do_not_track: bool,
+    /// Client addresses or CIDR ranges whose events are not tracked.
+    #[prost(string, repeated, tag = "12")]
+    pub excluded_ip_ranges: Vec<String>,
 }
 
 /// What an API key may do (numbered as `tally.v1.KeyKind`).

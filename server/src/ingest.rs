@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tally_proto::v1;
 
-use crate::domain::SiteId;
+use crate::domain::{SiteId, SiteRecord};
 use crate::error::{Error, Result};
-use crate::pipeline::{IngestLimits, Pipeline, RequestFacts};
+use crate::pipeline::{IngestLimits, Pipeline, RequestFacts, Stop};
+use crate::salts::Salts;
 use crate::storage::{AppendOutcome, Store};
 
 /// Records events.
@@ -15,16 +16,23 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     pipeline: Pipeline,
     limits: IngestLimits,
+    salts: Salts,
 }
 
 impl Ingest {
     /// An ingest core over `store`.
     pub fn new(store: Arc<dyn Store>, pipeline: Pipeline, limits: IngestLimits) -> Self {
         Self {
+            salts: Salts::new(store.clone()),
             store,
             pipeline,
             limits,
         }
+    }
+
+    /// The site's current visitor-id salt (see [`Salts`]).
+    pub async fn salt(&self, site: &SiteRecord, now_micros: i64) -> Result<[u8; 32]> {
+        self.salts.current(site, now_micros).await
     }
 
     /// Validates, enriches and stores a batch; returns one verdict per event.
@@ -53,12 +61,17 @@ impl Ingest {
                     accepted_indices.push(index);
                     to_store.push(stored);
                 }
-                Err(rejection) => {
+                Err(Stop::Rejected(rejection)) => {
                     result.event_id = raw.event_id.clone();
                     result.set_verdict(v1::Verdict::Rejected);
                     result.set_reason(rejection.reason);
                     result.field = rejection.field;
                     result.message = rejection.message;
+                }
+                Err(Stop::Excluded(exclusion)) => {
+                    result.event_id = raw.event_id.clone();
+                    result.set_verdict(v1::Verdict::Excluded);
+                    result.message = exclusion.message.to_owned();
                 }
             }
             results.push(result);
@@ -79,6 +92,7 @@ impl Ingest {
             accepted: count(v1::Verdict::Accepted),
             duplicates: count(v1::Verdict::Duplicate),
             rejected: count(v1::Verdict::Rejected),
+            excluded: count(v1::Verdict::Excluded),
             results,
         })
     }

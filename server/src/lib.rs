@@ -14,5 +14,6 @@ pub mod grpc;
 pub mod ingest;
 pub mod pipeline;
 pub mod query;
+pub mod salts;
 pub mod server;
 pub mod storage;

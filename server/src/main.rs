@@ -43,6 +43,14 @@ struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// MaxMind-format geo-IP database (.mmdb: GeoLite2, DB-IP lite) for
+    /// country, region and city [default: none, geo stays empty].
+    #[arg(long, env = "TALLY_GEOIP_DB")]
+    geoip_db: Option<PathBuf>,
+    /// Behind a trusted reverse proxy: the header carrying the client address,
+    /// e.g. x-forwarded-for (its first entry is used) [default: the peer address].
+    #[arg(long, env = "TALLY_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -81,6 +89,8 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         admin_key: args.admin_key,
         log_format: args.log_format,
+        geoip_db: args.geoip_db,
+        client_ip_header: args.client_ip_header,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     init_logs(config.log_format);

@@ -17,7 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::grpc::{AdminApi, Core, IngestApi, QueryApi, SessionApi};
 use crate::ingest::Ingest;
-use crate::pipeline::{Pipeline, ValidateConfig, VisitorConfig};
+use crate::pipeline::{GeoError, Pipeline};
 use crate::query::Query;
 use crate::storage::Store;
 
@@ -33,18 +33,15 @@ pub enum ServeError {
     /// The store failed at start-up.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// The geo-IP database could not be used.
+    #[error(transparent)]
+    Geo(#[from] GeoError),
 }
 
 /// Builds the core services over `store`.
 pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Core>, ServeError> {
     let secret = store.instance_secret().await?;
-    let pipeline = Pipeline::build(
-        &ValidateConfig {
-            limits: config.limits.clone(),
-        },
-        &VisitorConfig::default(),
-        secret,
-    );
+    let pipeline = Pipeline::build(&config.pipeline(), secret)?;
     Ok(Arc::new(Core {
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref()),
         ingest: Ingest::new(store.clone(), pipeline, config.limits.clone()),
@@ -129,7 +126,10 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IngestServiceServer::new(IngestApi::new(core.clone())).max_decoding_message_size(max))
+        .add_service(
+            IngestServiceServer::new(IngestApi::new(core.clone(), config.client_ip_header.clone()))
+                .max_decoding_message_size(max),
+        )
         .add_service(QueryServiceServer::new(QueryApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(SessionServiceServer::new(SessionApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(AdminServiceServer::new(AdminApi::new(core)).max_decoding_message_size(max))

@@ -20,12 +20,30 @@ const MAX_STREAM_VERDICTS: usize = 10_000;
 /// The ingest adapter.
 pub struct IngestApi {
     core: SharedCore,
+    client_ip_header: Option<String>,
 }
 
 impl IngestApi {
-    /// An adapter over the core.
-    pub fn new(core: SharedCore) -> Self {
-        Self { core }
+    /// An adapter over the core. With `client_ip_header` (e.g.
+    /// `x-forwarded-for`, behind a trusted proxy), the client address is the
+    /// first address in that header instead of the connection's peer.
+    pub fn new(core: SharedCore, client_ip_header: Option<String>) -> Self {
+        Self {
+            core,
+            client_ip_header: client_ip_header.map(|h| h.to_ascii_lowercase()),
+        }
+    }
+
+    /// The client's address: from the configured proxy header, else the peer.
+    fn client_ip(&self, metadata: &MetadataMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let forwarded = self
+            .client_ip_header
+            .as_deref()
+            .and_then(|name| metadata.get(name))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        forwarded.or(peer)
     }
 
     /// Resolves the site of a batch, checks the key and origin, and gathers request facts.
@@ -58,16 +76,30 @@ impl IngestApi {
                 )));
             }
         }
-        let user_agent = metadata
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let user_agent = header("user-agent").unwrap_or_default().to_owned();
+        // grpc-web clients mark their requests; browsers send an Origin with
+        // every cross-origin (and same-origin POST) request.
+        let from_browser = header("x-grpc-web").is_some() || header("origin").is_some();
+        let do_not_track = header("dnt").is_some_and(|v| v.trim() == "1")
+            || header("sec-gpc").is_some_and(|v| v.trim() == "1");
+        // Parsed per request: ranges were validated when the site was saved.
+        let excluded_ips = site
+            .excluded_ip_ranges
+            .iter()
+            .filter_map(|range| crate::admin::parse_ip_range(range).ok())
+            .collect();
+        let now_micros = now_micros();
+        let salt = self.core.ingest.salt(&site, now_micros).await.map_err(status)?;
         Ok(RequestFacts {
             site,
-            now_micros: now_micros(),
+            now_micros,
             user_agent,
-            peer_ip,
+            peer_ip: self.client_ip(metadata, peer_ip),
+            from_browser,
+            do_not_track,
+            excluded_ips,
+            salt,
         })
     }
 }
@@ -123,6 +155,7 @@ impl IngestService for IngestApi {
             summary.accepted += i64::from(response.accepted);
             summary.duplicates += i64::from(response.duplicates);
             summary.rejected += i64::from(response.rejected);
+            summary.excluded += i64::from(response.excluded);
             for result in response.results {
                 if result.verdict() == v1::Verdict::Accepted {
                     continue;

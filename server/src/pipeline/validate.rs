@@ -7,6 +7,9 @@ use serde::Deserialize;
 use tally_proto::v1::{self, RejectReason as R};
 
 use super::{Draft, Outcome, Rejection, Stage};
+
+/// The result of one check.
+type Checked = Result<(), Rejection>;
 use crate::domain::{EventKind, PropValue, StoredMoney, StoredProp};
 
 /// Limits on one event.
@@ -67,7 +70,7 @@ pub struct Validate {
 const MAX_PROPERTY_KEY_BYTES: usize = 100;
 
 impl Validate {
-    fn check_len(&self, field: &str, value: &str, max: usize) -> Outcome {
+    fn check_len(&self, field: &str, value: &str, max: usize) -> Checked {
         if value.len() > max {
             return Err(Rejection::new(
                 R::FieldTooLong,
@@ -90,7 +93,7 @@ impl Validate {
         Ok(value)
     }
 
-    fn timestamp(&self, draft: &mut Draft<'_>) -> Outcome {
+    fn timestamp(&self, draft: &mut Draft<'_>) -> Checked {
         let Some(ts) = draft.raw.timestamp else {
             return Err(Rejection::new(
                 R::MissingField,
@@ -139,7 +142,7 @@ impl Validate {
         })
     }
 
-    fn page(&self, draft: &mut Draft<'_>, required: bool) -> Outcome {
+    fn page(&self, draft: &mut Draft<'_>, required: bool) -> Checked {
         let raw = draft.raw.url.trim();
         if raw.is_empty() {
             return match required {
@@ -162,7 +165,7 @@ impl Validate {
         Ok(())
     }
 
-    fn properties(&self, draft: &mut Draft<'_>) -> Outcome {
+    fn properties(&self, draft: &mut Draft<'_>) -> Checked {
         let props = &draft.raw.properties;
         if props.len() > self.limits.max_properties {
             return Err(Rejection::new(
@@ -217,7 +220,7 @@ impl Validate {
         Ok(())
     }
 
-    fn revenue(&self, draft: &mut Draft<'_>) -> Outcome {
+    fn revenue(&self, draft: &mut Draft<'_>) -> Checked {
         let Some(money) = &draft.raw.revenue else {
             return Ok(());
         };
@@ -246,7 +249,7 @@ impl Validate {
         Ok(())
     }
 
-    fn context(&self, draft: &mut Draft<'_>) -> Outcome {
+    fn context(&self, draft: &mut Draft<'_>) -> Checked {
         let ctx = draft.raw.context.clone().unwrap_or_default();
         let max = self.limits.max_name_bytes;
         for (field, value) in [
@@ -273,9 +276,12 @@ impl Validate {
         } else {
             draft.ip = draft.facts.peer_ip;
         }
-        draft.user_agent = match ctx.user_agent.is_empty() {
-            true => draft.facts.user_agent.clone(),
-            false => ctx.user_agent.clone(),
+        // A browser's `user-agent` header describes the visitor; a native or
+        // backend client's names its gRPC library, so it is not used.
+        (draft.user_agent, draft.web) = match (ctx.user_agent.is_empty(), draft.facts.from_browser) {
+            (false, _) => (ctx.user_agent.clone(), true),
+            (true, true) => (draft.facts.user_agent.clone(), true),
+            (true, false) => (String::new(), false),
         };
         let stored = &mut draft.stored;
         stored.app_version = ctx.app_version;
@@ -289,6 +295,12 @@ impl Validate {
 
 impl Stage for Validate {
     fn apply(&self, draft: &mut Draft<'_>) -> Outcome {
+        Ok(self.check(draft)?)
+    }
+}
+
+impl Validate {
+    fn check(&self, draft: &mut Draft<'_>) -> Checked {
         let raw = draft.raw;
         let id = self.required("event_id", &raw.event_id)?;
         let id = uuid::Uuid::parse_str(id.trim())

@@ -2,10 +2,10 @@
 //! storing an IP address or setting a cookie.
 //!
 //! In order of preference: the SDK's anonymous id, the user id, else a hash of
-//! site, IP and user agent salted per day (or per site, by the site's policy).
+//! site, IP and user agent keyed with the site's current salt, which rotates
+//! daily (or weekly, or never, by the site's policy; see `crate::salts`).
 
 use super::{Draft, Outcome, Stage};
-use crate::domain::SaltPolicy;
 
 /// Configuration of the visitor stage.
 #[derive(Clone, Debug, Default)]
@@ -23,8 +23,6 @@ pub struct Visitor {
     secret: [u8; 32],
 }
 
-const DAY_MICROS: i64 = 86_400_000_000;
-
 impl Visitor {
     fn hash(&self, key: &[u8; 32], parts: &[&[u8]]) -> u64 {
         let mut hasher = blake3::Hasher::new_keyed(key);
@@ -35,20 +33,6 @@ impl Visitor {
         }
         let digest = hasher.finalize();
         u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
-    }
-
-    fn salt(&self, draft: &Draft<'_>) -> [u8; 32] {
-        let site = draft.facts.site.site_id.as_bytes();
-        let policy = draft.facts.site.salt_policy;
-        let epoch = match policy {
-            p if p == SaltPolicy::Fixed as i32 => 0,
-            _ => draft.facts.now_micros.div_euclid(DAY_MICROS),
-        };
-        let mut hasher = blake3::Hasher::new_keyed(&self.secret);
-        hasher.update(b"salt");
-        hasher.update(&epoch.to_le_bytes());
-        hasher.update(site);
-        *hasher.finalize().as_bytes()
     }
 }
 
@@ -61,9 +45,13 @@ impl Stage for Visitor {
         } else if !raw.user_id.is_empty() {
             self.hash(&self.secret, &[b"user", site, raw.user_id.as_bytes()])
         } else {
-            let ip = draft.ip.map(|ip| ip.to_string()).unwrap_or_default();
-            let salt = self.salt(draft);
-            self.hash(&salt, &[b"web", ip.as_bytes(), draft.user_agent.as_bytes()])
+            let ip = match draft.ip {
+                Some(std::net::IpAddr::V4(v4)) => v4.octets().to_vec(),
+                Some(std::net::IpAddr::V6(v6)) => v6.octets().to_vec(),
+                None => Vec::new(),
+            };
+            let ua = draft.user_agent.as_bytes();
+            self.hash(&draft.facts.salt, &[b"web", site, &ip, ua])
         };
         Ok(())
     }

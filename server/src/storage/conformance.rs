@@ -35,6 +35,8 @@ pub fn cases() -> Vec<Case> {
         site_records_round_trip,
         keys_round_trip,
         instance_secret_is_stable,
+        salts_are_shared_and_dropped,
+        site_privacy_settings_round_trip,
     ]
 }
 
@@ -296,4 +298,44 @@ async fn instance_secret_is_stable(store: Arc<dyn Store>) {
     let first = store.instance_secret().await.unwrap();
     assert_eq!(store.instance_secret().await.unwrap(), first);
     assert_ne!(first, [0; 32]);
+}
+
+async fn salts_are_shared_and_dropped(store: Arc<dyn Store>) {
+    // Concurrent first uses of one name agree on one salt.
+    let names = [
+        "s/daily/10",
+        "s/daily/10",
+        "s/daily/10",
+        "s/daily/11",
+        "t/daily/10",
+    ];
+    let salts = futures::future::try_join_all(names.iter().map(|n| store.salt(n)))
+        .await
+        .unwrap();
+    assert_eq!(salts[0], salts[1]);
+    assert_eq!(salts[0], salts[2]);
+    assert_ne!(salts[0], salts[3], "each period has its own salt");
+    assert_ne!(salts[0], salts[4], "each site has its own salt");
+    assert_ne!(salts[0], [0; 32]);
+    // Dropping keeps the named ones and leaves other prefixes alone.
+    store.drop_salts("s/", &["s/daily/11".to_owned()]).await.unwrap();
+    assert_eq!(store.salt("s/daily/11").await.unwrap(), salts[3]);
+    assert_eq!(store.salt("t/daily/10").await.unwrap(), salts[4]);
+    assert_ne!(
+        store.salt("s/daily/10").await.unwrap(),
+        salts[0],
+        "a dropped salt is gone for good: its name gets a new one"
+    );
+}
+
+async fn site_privacy_settings_round_trip(store: Arc<dyn Store>) {
+    let record = SiteRecord {
+        honor_do_not_track: true,
+        excluded_ip_ranges: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
+        salt_policy: crate::domain::SaltPolicy::Weekly as i32,
+        ..site("private")
+    };
+    assert!(store.insert_site(record.clone()).await.unwrap());
+    let id = SiteId::parse("private").unwrap();
+    assert_eq!(store.get_site(&id).await.unwrap(), Some(record));
 }

@@ -75,7 +75,7 @@ pub trait SiteStore: Send + Sync + 'static {
     async fn list_sites(&self) -> Result<Vec<SiteRecord>, StorageError>;
 }
 
-/// API keys (hashed) and the instance secret.
+/// API keys (hashed), the instance secret and visitor-id salts.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Inserts or replaces a key record.
@@ -88,6 +88,12 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StorageError>;
     /// A random 32-byte secret created once per deployment (keys visitor hashes).
     async fn instance_secret(&self) -> Result<[u8; 32], StorageError>;
+    /// The random 32-byte salt named `name`, created on first use. Every
+    /// caller, concurrent or not, on any instance sharing the backend, gets
+    /// the same salt for the same name until it is dropped.
+    async fn salt(&self, name: &str) -> Result<[u8; 32], StorageError>;
+    /// Deletes every salt whose name starts with `prefix`, except those in `keep`.
+    async fn drop_salts(&self, prefix: &str, keep: &[String]) -> Result<(), StorageError>;
 }
 
 /// A complete backend.

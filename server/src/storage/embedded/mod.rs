@@ -8,7 +8,8 @@
 //! Keyspaces besides those of [`events`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
-//! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`.
+//! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
+//!   and `salt/<name>` for the visitor-id salts.
 
 mod dedup;
 mod events;
@@ -390,4 +391,48 @@ impl KeyStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn salt(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        let key = format!("{SALT_PREFIX}{name}");
+        self.blocking(move |inner| {
+            let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(raw) = inner.meta.get(&key)? {
+                return raw
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt(format!("salt {key}")));
+            }
+            let salt: [u8; 32] = rand::random();
+            let mut batch = inner.durable_batch();
+            batch.insert(&inner.meta, key, salt.to_vec());
+            batch.commit()?;
+            Ok(salt)
+        })
+        .await
+    }
+
+    async fn drop_salts(&self, prefix: &str, keep: &[String]) -> Result<(), StorageError> {
+        let prefix = format!("{SALT_PREFIX}{prefix}");
+        let keep: Vec<String> = keep.iter().map(|name| format!("{SALT_PREFIX}{name}")).collect();
+        self.blocking(move |inner| {
+            let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut batch = inner.durable_batch();
+            let mut dropped = 0;
+            for guard in inner.meta.prefix(&prefix) {
+                let key = guard.key()?;
+                if !keep.iter().any(|k| k.as_bytes() == key.as_ref()) {
+                    batch.remove(&inner.meta, key.to_vec());
+                    dropped += 1;
+                }
+            }
+            if dropped > 0 {
+                batch.commit()?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }
+
+/// Prefix of salt names in the `meta` keyspace.
+const SALT_PREFIX: &str = "salt/";
