@@ -41,6 +41,19 @@ impl Period {
         }
     }
 
+    /// Whether a stored salt ("daily/20423", without the site) is over, now
+    /// that this period has begun: it belongs to another policy, or to a
+    /// period before the previous one. Later periods (another instance's
+    /// clock being ahead) are kept.
+    fn expires(self, stored: &str) -> bool {
+        match stored.split_once('/') {
+            Some((kind, number)) if kind == self.kind => {
+                number.parse::<i64>().map_or(true, |n| n < self.number - 1)
+            }
+            _ => true,
+        }
+    }
+
     fn name(self, site: &str) -> String {
         format!("{site}/{}/{}", self.kind, self.number)
     }
@@ -63,8 +76,8 @@ impl Salts {
 
     /// The salt of `site` for the period containing `now_micros`. On the first
     /// use of a period it is created, and the site's salts older than the
-    /// previous period are deleted (the previous one stays, so that instances
-    /// whose clocks straddle the boundary agree).
+    /// previous period, or of another policy, are deleted (the previous one
+    /// stays, so that instances whose clocks straddle the boundary agree).
     pub async fn current(&self, site: &SiteRecord, now_micros: i64) -> Result<[u8; 32]> {
         let period = Period::of(site.salt_policy, now_micros);
         if let Some((cached, salt)) = self
@@ -78,14 +91,17 @@ impl Salts {
         }
         let name = period.name(&site.site_id);
         let salt = self.store.salt(&name).await?;
-        let previous = Period {
-            number: period.number - 1,
-            ..period
-        };
-        let keep = [name, previous.name(&site.site_id)];
-        self.store
-            .drop_salts(&format!("{}/", site.site_id), &keep)
-            .await?;
+        let prefix = format!("{}/", site.site_id);
+        let expired: Vec<String> = self
+            .store
+            .salt_names(&prefix)
+            .await?
+            .into_iter()
+            .filter(|stored| period.expires(&stored[prefix.len()..]))
+            .collect();
+        if !expired.is_empty() {
+            self.store.drop_salts(&expired).await?;
+        }
         self.current
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -120,5 +136,38 @@ mod tests {
             Period::of(SaltPolicy::Fixed as i32, 0)
         );
         assert_eq!(Period::of(0, monday).kind, "daily");
+    }
+
+    #[tokio::test]
+    async fn salts_rotate_and_old_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::storage::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let site = SiteRecord {
+            site_id: "s".into(),
+            salt_policy: SaltPolicy::Daily as i32,
+            ..Default::default()
+        };
+        let salts = Salts::new(store.clone());
+        let day = |n: i64| n * DAY_MICROS + 3_600_000_000;
+        let first = salts.current(&site, day(100)).await.unwrap();
+        assert_eq!(salts.current(&site, day(100) + 1).await.unwrap(), first);
+        let second = salts.current(&site, day(101)).await.unwrap();
+        assert_ne!(first, second, "a new day, a new salt");
+        // Another instance over the same store agrees, even a day behind.
+        let other = Salts::new(store.clone());
+        assert_eq!(other.current(&site, day(101)).await.unwrap(), second);
+        assert_eq!(other.current(&site, day(100)).await.unwrap(), first);
+        // Two days on, day 100's salt is deleted: it cannot be had again.
+        salts.current(&site, day(102)).await.unwrap();
+        assert_ne!(store.salt("s/daily/100").await.unwrap(), first);
+        assert_eq!(store.salt("s/daily/101").await.unwrap(), second);
+        // A fixed salt outlives the days.
+        let fixed = SiteRecord {
+            salt_policy: SaltPolicy::Fixed as i32,
+            ..site
+        };
+        let kept = salts.current(&fixed, day(103)).await.unwrap();
+        assert_eq!(salts.current(&fixed, day(900)).await.unwrap(), kept);
     }
 }

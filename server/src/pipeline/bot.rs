@@ -80,7 +80,7 @@ pub struct BotDetector {
 static SHARED: LazyLock<Arc<BotDetector>> = LazyLock::new(|| {
     let alternation = crawler_list()
         .iter()
-        .map(|entry| format!("(?:{})", entry.pattern))
+        .map(|entry| bounded(&entry.pattern))
         .collect::<Vec<_>>()
         .join("|");
     let crawlers = regex::RegexBuilder::new(&alternation)
@@ -90,6 +90,18 @@ static SHARED: LazyLock<Arc<BotDetector>> = LazyLock::new(|| {
         .expect("the embedded crawler patterns compile");
     Arc::new(BotDetector { crawlers })
 });
+
+/// A short product token ("RED/", "008/") must match from the start of a
+/// word: it would otherwise match inside browser and app names ("WIRED/",
+/// "Opera Mini/4.4.39008/"). Other patterns ("Sonic", meant to match
+/// "RankSonic") match anywhere, as the list intends.
+fn bounded(pattern: &str) -> String {
+    let short_token = pattern.len() < 8 && pattern.ends_with("\\/");
+    match short_token && pattern.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        true => format!("(?:^|[^A-Za-z0-9])(?:{pattern})"),
+        false => format!("(?:{pattern})"),
+    }
+}
 
 impl BotDetector {
     /// The process-wide detector (compiled on first use).

@@ -92,8 +92,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// caller, concurrent or not, on any instance sharing the backend, gets
     /// the same salt for the same name until it is dropped.
     async fn salt(&self, name: &str) -> Result<[u8; 32], StorageError>;
-    /// Deletes every salt whose name starts with `prefix`, except those in `keep`.
-    async fn drop_salts(&self, prefix: &str, keep: &[String]) -> Result<(), StorageError>;
+    /// The names of the stored salts that start with `prefix`.
+    async fn salt_names(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Deletes the named salts (names that do not exist are ignored).
+    async fn drop_salts(&self, names: &[String]) -> Result<(), StorageError>;
 }
 
 /// A complete backend.

@@ -48,41 +48,57 @@ async fn grpc_web_track_over_http1() {
     let server = TestServer::start().await;
     server.site("s", "UTC").await;
     let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
-    let now = now_micros();
-    let body = v1::TrackRequest {
+    let request = v1::TrackRequest {
         site_id: "s".into(),
-        events: vec![pageview(1, now, "https://s.example/", "v")],
-    }
-    .encode_to_vec();
+        events: vec![pageview(1, now_micros(), "https://s.example/", "v")],
+    };
+    let (head, reply) = browser_track(server.addr, &key, &request, "User-Agent: Mozilla/5.0\r\n").await;
+    assert!(head.contains("access-control-expose-headers"), "{head}");
+    assert_eq!(reply.accepted, 1);
+    server.stop().await;
+}
+
+/// Sends a `Track` the way a browser does (grpc-web over HTTP/1.1, from the
+/// origin https://s.example) with `extra_headers` ("Name: value\r\n" lines);
+/// returns the response head (lower-case) and the decoded reply.
+pub async fn browser_track(
+    addr: std::net::SocketAddr,
+    key: &str,
+    track: &v1::TrackRequest,
+    extra_headers: &str,
+) -> (String, v1::TrackResponse) {
+    let body = track.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend((body.len() as u32).to_be_bytes());
     frame.extend(body);
     let mut request = format!(
-        "POST /tally.v1.IngestService/Track HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\n\
-         X-Grpc-Web: 1\r\nOrigin: https://s.example\r\nAuthorization: Bearer {key}\r\n\
+        "POST /tally.v1.IngestService/Track HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/grpc-web+proto\r\n\
+         X-Grpc-Web: 1\r\nOrigin: https://s.example\r\nAuthorization: Bearer {key}\r\n{extra_headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
-        server.addr,
         frame.len()
     )
     .into_bytes();
     request.extend(frame);
-    let response = http1(server.addr, &request).await;
+    let response = http1(addr, &request).await;
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("access-control-expose-headers"), "{head}");
     let body = dechunk(
         &response[split + 4..],
         head.contains("transfer-encoding: chunked"),
     );
-    assert_eq!(body[0], 0, "first frame is data");
+    assert_eq!(
+        body[0],
+        0,
+        "first frame is data: {}",
+        String::from_utf8_lossy(&body)
+    );
     let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
     let reply = v1::TrackResponse::decode(&body[5..5 + len]).unwrap();
-    assert_eq!(reply.accepted, 1);
     let trailer = &body[5 + len..];
     assert_eq!(trailer[0], 0x80, "then the trailer frame");
     assert!(String::from_utf8_lossy(&trailer[5..]).contains("grpc-status:0"));
-    server.stop().await;
+    (head, reply)
 }
 
 fn dechunk(body: &[u8], chunked: bool) -> Vec<u8> {

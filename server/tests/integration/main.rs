@@ -3,8 +3,10 @@
 
 mod auth;
 mod conformance;
+mod enrichment;
 mod grpc_web;
 mod harness;
 mod ingest;
+mod mmdb;
 mod reflection;
 mod report;

@@ -411,24 +411,28 @@ impl KeyStore for EmbeddedStore {
         .await
     }
 
-    async fn drop_salts(&self, prefix: &str, keep: &[String]) -> Result<(), StorageError> {
+    async fn salt_names(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let prefix = format!("{SALT_PREFIX}{prefix}");
-        let keep: Vec<String> = keep.iter().map(|name| format!("{SALT_PREFIX}{name}")).collect();
+        self.blocking(move |inner| {
+            let mut names = Vec::new();
+            for guard in inner.meta.prefix(&prefix) {
+                let key = guard.key()?;
+                names.push(String::from_utf8_lossy(&key[SALT_PREFIX.len()..]).into_owned());
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn drop_salts(&self, names: &[String]) -> Result<(), StorageError> {
+        let keys: Vec<String> = names.iter().map(|name| format!("{SALT_PREFIX}{name}")).collect();
         self.blocking(move |inner| {
             let _guard = inner.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
             let mut batch = inner.durable_batch();
-            let mut dropped = 0;
-            for guard in inner.meta.prefix(&prefix) {
-                let key = guard.key()?;
-                if !keep.iter().any(|k| k.as_bytes() == key.as_ref()) {
-                    batch.remove(&inner.meta, key.to_vec());
-                    dropped += 1;
-                }
+            for key in keys {
+                batch.remove(&inner.meta, key);
             }
-            if dropped > 0 {
-                batch.commit()?;
-            }
-            Ok(())
+            Ok(batch.commit()?)
         })
         .await
     }
