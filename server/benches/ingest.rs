@@ -9,8 +9,10 @@
 //! Both servers receive the same pre-built messages over loopback from the same
 //! client tasks: batches of 100 with `Track`, batches of 100 on `TrackStream`,
 //! and single events with `Track`. The no-op server decodes each request and
-//! answers with a count; `tally` validates, deduplicates and durably stores
-//! every event in its embedded store (group commit, fsync before the answer).
+//! answers with a count; `tally` validates, enriches (user agent, bot, source,
+//! geo, visitor id), deduplicates and durably stores every event in its
+//! embedded store (group commit, fsync before the answer). The events are
+//! browser page views with a few hundred distinct user agents.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -135,6 +137,33 @@ fn authed<T>(key: &str, message: T) -> Request<T> {
     request
 }
 
+/// One of a few hundred distinct browser user agents, as real traffic has.
+fn user_agent(n: usize) -> String {
+    match n % 4 {
+        0 => format!(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{}.0.{}.0 Safari/537.36",
+            100 + n % 30,
+            6000 + n
+        ),
+        1 => format!(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{} Mobile/15E148 Safari/604.1",
+            n % 7,
+            n % 5
+        ),
+        2 => format!(
+            "Mozilla/5.0 (Linux; Android {}; Pixel {}) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{}.0.0.0 Mobile Safari/537.36",
+            10 + n % 5,
+            n % 9,
+            110 + n % 15
+        ),
+        _ => format!(
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:{}.0) Gecko/20100101 Firefox/{}.0",
+            100 + n % 40,
+            100 + n % 40
+        ),
+    }
+}
+
 /// `count` distinct, valid page views in batches of `batch`, as pre-built requests.
 fn batches(count: usize, batch: usize) -> Vec<v1::TrackRequest> {
     let now = std::time::SystemTime::now()
@@ -155,7 +184,13 @@ fn batches(count: usize, batch: usize) -> Vec<v1::TrackRequest> {
             } else {
                 String::new()
             },
-            anonymous_id: format!("visitor-{}", i % 5000),
+            // Browser traffic forwarded by a backend: every enrichment stage
+            // runs (user agent, bot, source, visitor hash over address and agent).
+            context: Some(v1::Context {
+                user_agent: user_agent(i % 200),
+                ip: format!("10.{}.{}.{}", i % 7, (i / 7) % 250, i % 250),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();

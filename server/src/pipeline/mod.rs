@@ -112,7 +112,7 @@ pub struct Draft<'a> {
     pub stored: StoredEvent,
     /// Effective user agent: the context's, else the header of a browser
     /// request; empty for native and backend clients that send none.
-    pub user_agent: String,
+    pub user_agent: &'a str,
     /// The event describes a web page visit (it came from a browser, or
     /// carries a browser's user agent in its context).
     pub web: bool,
@@ -172,7 +172,7 @@ impl Pipeline {
                 received_micros: facts.now_micros,
                 ..Default::default()
             },
-            user_agent: String::new(),
+            user_agent: "",
             web: false,
             ip: None,
         };

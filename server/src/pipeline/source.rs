@@ -172,22 +172,28 @@ const CLICK_IDS: [(&str, &str); 8] = [
     ("twclid", "X"),
 ];
 
-/// The host of a referrer URL, lower-case, without a leading "www.", or the
-/// package of an `android-app://` referrer.
+/// The host of a referrer URL (validated as an absolute URL at ingest),
+/// lower-case, without a leading "www.", or the package of an
+/// `android-app://` referrer.
 fn referrer_host(referrer: &str) -> Option<String> {
-    let url = url::Url::parse(referrer).ok()?;
-    let host = url.host_str()?.to_ascii_lowercase();
-    Some(host.strip_prefix("www.").map(str::to_owned).unwrap_or(host))
+    let (_, rest) = referrer.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    let host = host.trim_end_matches('.');
+    let host = host.strip_prefix("www.").unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
+/// Whether `host` is one of the site's domains or below one (domains are
+/// stored lower-case).
 fn is_own_domain(host: &str, domains: &[&str]) -> bool {
     domains.iter().any(|domain| {
-        let domain = domain.trim().trim_start_matches("www.").to_ascii_lowercase();
-        !domain.is_empty()
-            && (host == domain
-                || host
-                    .strip_suffix(domain.as_str())
-                    .is_some_and(|p| p.ends_with('.')))
+        let domain = domain.trim().trim_start_matches("www.");
+        !domain.is_empty() && (host == domain || host.strip_suffix(domain).is_some_and(|p| p.ends_with('.')))
     })
 }
 

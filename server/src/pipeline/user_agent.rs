@@ -39,6 +39,27 @@ impl UserAgentConfig {
     }
 }
 
+/// What the stage copies into an event, ready to copy.
+struct Fields {
+    browser: String,
+    browser_version: String,
+    os: String,
+    os_version: String,
+    device_type: DeviceType,
+}
+
+impl From<UaInfo> for Fields {
+    fn from(info: UaInfo) -> Self {
+        Self {
+            browser_version: info.browser.short_version(),
+            os_version: info.os.short_version(),
+            browser: info.browser.family,
+            os: info.os.family,
+            device_type: info.device_type,
+        }
+    }
+}
+
 /// One parsed part (browser or OS): a family and up to four version parts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Family {
@@ -213,7 +234,7 @@ fn device_type(ua: &str, os: &str, device: &str) -> DeviceType {
 /// The user agent stage.
 pub struct UserAgentStage {
     parser: Arc<UaParser>,
-    memo: Memo<UaInfo>,
+    memo: Memo<Fields>,
 }
 
 impl Stage for UserAgentStage {
@@ -221,14 +242,16 @@ impl Stage for UserAgentStage {
         if draft.user_agent.is_empty() {
             return Ok(());
         }
-        let info = self.memo.get_or(&draft.user_agent, |ua| self.parser.parse(ua));
+        let info = self
+            .memo
+            .get_or(draft.user_agent, |ua| self.parser.parse(ua).into());
         let stored = &mut draft.stored;
-        stored.browser = info.browser.family.clone();
-        stored.browser_version = info.browser.short_version();
+        stored.browser.clone_from(&info.browser);
+        stored.browser_version.clone_from(&info.browser_version);
         // A native SDK's context names the OS and device class exactly.
         if stored.os.is_empty() {
-            stored.os = info.os.family.clone();
-            stored.os_version = info.os.short_version();
+            stored.os.clone_from(&info.os);
+            stored.os_version.clone_from(&info.os_version);
         }
         if stored.device_type == DeviceType::Unspecified as i32 {
             stored.device_type = info.device_type as i32;

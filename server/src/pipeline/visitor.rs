@@ -45,13 +45,20 @@ impl Stage for Visitor {
         } else if !raw.user_id.is_empty() {
             self.hash(&self.secret, &[b"user", site, raw.user_id.as_bytes()])
         } else {
-            let ip = match draft.ip {
-                Some(std::net::IpAddr::V4(v4)) => v4.octets().to_vec(),
-                Some(std::net::IpAddr::V6(v6)) => v6.octets().to_vec(),
-                None => Vec::new(),
+            let mut octets = [0u8; 16];
+            let ip: &[u8] = match draft.ip {
+                Some(std::net::IpAddr::V4(v4)) => {
+                    octets[..4].copy_from_slice(&v4.octets());
+                    &octets[..4]
+                }
+                Some(std::net::IpAddr::V6(v6)) => {
+                    octets = v6.octets();
+                    &octets
+                }
+                None => &[],
             };
             let ua = draft.user_agent.as_bytes();
-            self.hash(&draft.facts.salt, &[b"web", site, &ip, ua])
+            self.hash(&draft.facts.salt, &[b"web", site, ip, ua])
         };
         Ok(())
     }

@@ -415,6 +415,7 @@ fn referrer_and_campaign_table() {
             ));
         }
     }
+    println!("referrer table: {} referrer and campaign URLs", table.len());
     assert!(
         wrong.is_empty(),
         "{} of {} wrong:\n{}",
