@@ -85,7 +85,10 @@ fn main() {
         .unwrap_or(200_000);
     let config = PipelineConfig {
         geo: GeoConfig {
-            database: std::env::var_os("BENCH_GEOIP_DB").map(Into::into),
+            databases: std::env::var_os("BENCH_GEOIP_DB")
+                .map(Into::into)
+                .into_iter()
+                .collect(),
         },
         ..Default::default()
     };
@@ -123,7 +126,7 @@ fn main() {
     println!(
         "enrichment benchmark: {count} events per case (cold: {}), geo: {}",
         count / 10,
-        if config.geo.database.is_some() {
+        if !config.geo.databases.is_empty() {
             "on"
         } else {
             "off"

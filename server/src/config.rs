@@ -19,6 +19,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A setting given as one value or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One path.
+    One(PathBuf),
+    /// Several paths.
+    Many(Vec<PathBuf>),
+}
+
 /// The TOML file's shape; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +47,8 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Ingest limits.
     pub limits: Option<IngestLimits>,
-    /// MaxMind-format geo-IP database.
-    pub geoip_db: Option<PathBuf>,
+    /// MaxMind-format geo-IP databases: one path or a list.
+    pub geoip_db: Option<OneOrMany>,
     /// Header naming the client address behind a trusted proxy.
     pub client_ip_header: Option<String>,
 }
@@ -54,8 +64,8 @@ pub struct Overrides {
     pub admin_key: Option<String>,
     /// `--log-format` / `TALLY_LOG_FORMAT`.
     pub log_format: Option<LogFormat>,
-    /// `--geoip-db` / `TALLY_GEOIP_DB`.
-    pub geoip_db: Option<PathBuf>,
+    /// `--geoip-db` / `TALLY_GEOIP_DB` (empty: not given).
+    pub geoip_db: Vec<PathBuf>,
     /// `--client-ip-header` / `TALLY_CLIENT_IP_HEADER`.
     pub client_ip_header: Option<String>,
 }
@@ -77,8 +87,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ingest limits.
     pub limits: IngestLimits,
-    /// MaxMind-format (`.mmdb`) geo-IP database; `None`: no geo.
-    pub geoip_db: Option<PathBuf>,
+    /// MaxMind-format (`.mmdb`) geo-IP databases, tried in order; empty: no geo.
+    pub geoip_db: Vec<PathBuf>,
     /// Header carrying the client address (first entry), set by a trusted
     /// reverse proxy, e.g. `x-forwarded-for`; `None`: the connection's peer.
     pub client_ip_header: Option<String>,
@@ -98,7 +108,7 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             limits: IngestLimits::default(),
-            geoip_db: None,
+            geoip_db: Vec::new(),
             client_ip_header: None,
         }
     }
@@ -150,7 +160,7 @@ impl Config {
                 limits: self.limits.clone(),
             },
             geo: crate::pipeline::GeoConfig {
-                database: self.geoip_db.clone(),
+                databases: self.geoip_db.clone(),
             },
             ..Default::default()
         }
@@ -241,7 +251,12 @@ impl Config {
                 .shutdown_grace_secs
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             limits,
-            geoip_db: overrides.geoip_db.or(file.geoip_db),
+            geoip_db: match (overrides.geoip_db, file.geoip_db) {
+                (given, _) if !given.is_empty() => given,
+                (_, Some(OneOrMany::One(path))) => vec![path],
+                (_, Some(OneOrMany::Many(paths))) => paths,
+                (_, None) => Vec::new(),
+            },
             client_ip_header,
         })
     }
@@ -265,6 +280,28 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         // 30 days accepted -> 32 days of dedup window.
         assert_eq!(config.embedded_options().dedup_window_days, 32);
+    }
+
+    #[test]
+    fn geoip_db_is_one_path_or_a_list() {
+        let one: FileConfig = toml::from_str("geoip_db = \"city.mmdb\"").unwrap();
+        let config = Config::resolve(one, Overrides::default()).unwrap();
+        assert_eq!(config.geoip_db, [PathBuf::from("city.mmdb")]);
+        let many: FileConfig = toml::from_str("geoip_db = [\"v4.mmdb\", \"v6.mmdb\"]").unwrap();
+        let both = Config::resolve(many, Overrides::default()).unwrap();
+        assert_eq!(
+            both.geoip_db,
+            [PathBuf::from("v4.mmdb"), PathBuf::from("v6.mmdb")]
+        );
+        let many: FileConfig = toml::from_str("geoip_db = [\"v4.mmdb\", \"v6.mmdb\"]").unwrap();
+        let flags = Overrides {
+            geoip_db: vec![PathBuf::from("flag.mmdb")],
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(many, flags).unwrap().geoip_db,
+            [PathBuf::from("flag.mmdb")]
+        );
     }
 
     #[test]

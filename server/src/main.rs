@@ -43,10 +43,12 @@ struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
-    /// MaxMind-format geo-IP database (.mmdb: GeoLite2, DB-IP lite) for
-    /// country, region and city [default: none, geo stays empty].
-    #[arg(long, env = "TALLY_GEOIP_DB")]
-    geoip_db: Option<PathBuf>,
+    /// MaxMind-format geo-IP databases (.mmdb: GeoLite2, DB-IP lite) for
+    /// country, region and city; repeat the flag or separate paths with ','
+    /// (e.g. an IPv4 and an IPv6 file), tried in order [default: none, geo
+    /// stays empty].
+    #[arg(long, env = "TALLY_GEOIP_DB", value_delimiter = ',')]
+    geoip_db: Vec<PathBuf>,
     /// Behind a trusted reverse proxy: the header carrying the client address,
     /// e.g. x-forwarded-for (its first entry is used) [default: the peer address].
     #[arg(long, env = "TALLY_CLIENT_IP_HEADER")]

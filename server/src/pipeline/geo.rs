@@ -1,8 +1,9 @@
-//! Geo-IP: country, region and city of the client address, from a
-//! MaxMind-format database (`--geoip-db`: GeoLite2-City / GeoLite2-Country,
+//! Geo-IP: country, region and city of the client address, from
+//! MaxMind-format databases (`--geoip-db`: GeoLite2-City / GeoLite2-Country,
 //! or DB-IP's lite databases as shipped by the `@ip-location-db/*-mmdb` npm
-//! packages). Without a database, geo stays empty. The address itself is
-//! never stored.
+//! packages, which come as one IPv4 and one IPv6 file). An address is looked
+//! up in each database in turn until one knows it. Without a database, geo
+//! stays empty. The address itself is never stored.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,8 +16,8 @@ use super::{Draft, Outcome, Stage};
 /// Configuration of the geo stage.
 #[derive(Clone, Debug, Default)]
 pub struct GeoConfig {
-    /// The `.mmdb` file; `None` leaves geo empty.
-    pub database: Option<PathBuf>,
+    /// The `.mmdb` files, tried in order; none leaves geo empty.
+    pub databases: Vec<PathBuf>,
 }
 
 /// The geo database could not be opened.
@@ -30,21 +31,24 @@ pub struct GeoError {
 }
 
 impl GeoConfig {
-    /// The runtime stage; opens and checks the database.
+    /// The runtime stage; opens and checks the databases.
     pub fn build(&self) -> Result<GeoStage, GeoError> {
-        let Some(path) = &self.database else {
-            return Ok(GeoStage { reader: None });
-        };
-        let fail = |message: String| GeoError {
-            path: path.clone(),
-            message,
-        };
-        let reader = maxminddb::Reader::open_readfile(path).map_err(|err| fail(err.to_string()))?;
-        let kind = &reader.metadata().database_type;
-        tracing::info!(path = %path.display(), database_type = %kind, "geo-IP database loaded");
-        Ok(GeoStage {
-            reader: Some(Arc::new(reader)),
-        })
+        let mut readers = Vec::with_capacity(self.databases.len());
+        for path in &self.databases {
+            let reader = maxminddb::Reader::open_readfile(path).map_err(|err| GeoError {
+                path: path.clone(),
+                message: err.to_string(),
+            })?;
+            let metadata = reader.metadata();
+            tracing::info!(
+                path = %path.display(),
+                database_type = %metadata.database_type,
+                ip_version = metadata.ip_version,
+                "geo-IP database loaded"
+            );
+            readers.push(Arc::new(reader));
+        }
+        Ok(GeoStage { readers })
     }
 }
 
@@ -98,24 +102,27 @@ enum City {
 
 /// The geo stage.
 pub struct GeoStage {
-    reader: Option<Arc<maxminddb::Reader<Vec<u8>>>>,
+    readers: Vec<Arc<maxminddb::Reader<Vec<u8>>>>,
 }
 
 impl GeoStage {
     /// Looks an address up; empty when unknown.
     pub fn locate(&self, ip: IpAddr) -> Place {
-        let Some(reader) = &self.reader else {
-            return Place::default();
-        };
         // An IPv4-mapped IPv6 address is an IPv4 client behind a dual-stack socket.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let record: Record = match reader.lookup(ip).and_then(|found| found.decode()) {
-            Ok(Some(record)) => record,
-            // Not in the database, or an IPv6 address in an IPv4-only one.
-            Ok(None) | Err(_) => return Place::default(),
+        // Not in a database, or an IPv6 address in an IPv4-only one: try the next.
+        let found = self.readers.iter().find_map(|reader| {
+            reader
+                .lookup(ip)
+                .and_then(|found| found.decode::<Record>())
+                .ok()
+                .flatten()
+        });
+        let Some(record) = found else {
+            return Place::default();
         };
         let english = |named: Named| named.names.and_then(|n| n.en).unwrap_or_default();
         Place {
@@ -141,7 +148,7 @@ impl GeoStage {
 
 impl Stage for GeoStage {
     fn apply(&self, draft: &mut Draft<'_>) -> Outcome {
-        if let Some(ip) = draft.ip {
+        if let Some(ip) = draft.ip.filter(|_| !self.readers.is_empty()) {
             let place = self.locate(ip);
             let stored = &mut draft.stored;
             (stored.country, stored.region, stored.city) = (place.country, place.region, place.city);

@@ -427,9 +427,20 @@ mod tests {
         ] {
             assert!(validate.referrer(ok).is_ok(), "{ok}");
         }
-        for bad in ["news.example/item", "https:///path", "https://", "1http://x", "https://a b.example/", ""] {
+        for bad in [
+            "news.example/item",
+            "https:///path",
+            "https://",
+            "1http://x",
+            "https://a b.example/",
+            "",
+        ] {
             let err = validate.referrer(bad).unwrap_err();
-            assert_eq!((err.reason, err.field.as_str()), (R::InvalidUrl, "referrer"), "{bad}");
+            assert_eq!(
+                (err.reason, err.field.as_str()),
+                (R::InvalidUrl, "referrer"),
+                "{bad}"
+            );
         }
     }
 }

@@ -502,7 +502,9 @@ const ORIGINS: [(&str, &str, &str, &str, &str); 4] = [
     ("", "", "Direct", "direct", ""),
 ];
 
-fn geo_database() -> Vec<u8> {
+/// The test database, as two files (IPv4 networks, IPv6 networks), the way
+/// the DB-IP lite builds come.
+fn geo_databases() -> [Vec<u8>; 2] {
     use mmdb::Value::{Array, Map, Str};
     let nested = |country: &'static str, region: &'static str, city: &'static str| {
         Map(vec![
@@ -514,7 +516,7 @@ fn geo_database() -> Vec<u8> {
             ("city", Map(vec![("names", Map(vec![("en", Str(city))]))])),
         ])
     };
-    mmdb::build(
+    let v4 = mmdb::build(
         "GeoLite2-City",
         vec![
             (
@@ -537,13 +539,17 @@ fn geo_database() -> Vec<u8> {
                     ("city", Str("Linköping")),
                 ]),
             ),
-            (
-                "2001:db8:1::".parse().unwrap(),
-                48,
-                nested("US", "California", "San Francisco"),
-            ),
         ],
-    )
+    );
+    let v6 = mmdb::build(
+        "GeoLite2-City",
+        vec![(
+            "2001:db8:1::".parse().unwrap(),
+            48,
+            nested("US", "California", "San Francisco"),
+        )],
+    );
+    [v4, v6]
 }
 
 /// What the pipeline must make of a sent event, for one dimension.
@@ -619,10 +625,15 @@ async fn by_dimension(server: &TestServer, dimension: D, include_bots: bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enriched_fields_are_dimensions_and_exported() {
     let dir = tempfile::tempdir().unwrap();
-    let geo = dir.path().join("test-city.mmdb");
-    std::fs::write(&geo, geo_database()).unwrap();
+    let [v4, v6] = geo_databases();
+    let paths = [
+        dir.path().join("city-ipv4.mmdb"),
+        dir.path().join("city-ipv6.mmdb"),
+    ];
+    std::fs::write(&paths[0], v4).unwrap();
+    std::fs::write(&paths[1], v6).unwrap();
     let server = TestServer::start_with(Config {
-        geoip_db: Some(geo),
+        geoip_db: paths.to_vec(),
         ..Config::default()
     })
     .await;
@@ -991,5 +1002,58 @@ async fn cookieless_visitors_hash_site_address_and_agent() {
     for (x, y) in a.iter().zip(&b) {
         assert_ne!(x, y, "a visitor id of one site says nothing about another site");
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_from_a_trusted_proxy_header() {
+    let server = TestServer::start_with(Config {
+        client_ip_header: Some("X-Forwarded-For".into()),
+        ..Config::default()
+    })
+    .await;
+    let site = v1::Site {
+        site_id: "s".into(),
+        domain: "s.example".into(),
+        excluded_ip_ranges: vec!["198.51.100.0/24".into()],
+        ..Default::default()
+    };
+    server
+        .admin()
+        .create_site(authed(ADMIN_KEY, v1::CreateSiteRequest { site: Some(site) }))
+        .await
+        .unwrap();
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let send = |id: u128, forwarded: Option<&'static str>| {
+        let mut ingest = server.ingest();
+        let key = key.clone();
+        async move {
+            let mut request = authed(
+                &key,
+                v1::TrackRequest {
+                    site_id: "s".into(),
+                    events: vec![pageview(id, now_micros(), "https://s.example/", "v")],
+                },
+            );
+            if let Some(value) = forwarded {
+                request
+                    .metadata_mut()
+                    .insert("x-forwarded-for", value.parse().unwrap());
+            }
+            ingest.track(request).await.unwrap().into_inner().results[0].verdict()
+        }
+    };
+    // The proxy's header names the client: the first address counts.
+    assert_eq!(
+        send(1, Some("198.51.100.7, 10.0.0.1")).await,
+        v1::Verdict::Excluded
+    );
+    assert_eq!(
+        send(2, Some("203.0.113.7, 198.51.100.7")).await,
+        v1::Verdict::Accepted
+    );
+    // Without the header (or with garbage in it), the peer address counts.
+    assert_eq!(send(3, None).await, v1::Verdict::Accepted);
+    assert_eq!(send(4, Some("not an address")).await, v1::Verdict::Accepted);
     server.stop().await;
 }
