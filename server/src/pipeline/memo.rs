@@ -3,18 +3,30 @@
 
 use std::sync::Arc;
 
-use quick_cache::sync::Cache;
+use quick_cache::UnitWeighter;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+
+/// A fast hash, randomly seeded per process (a user agent is attacker-chosen,
+/// so the seed matters; a cryptographic hash would not).
+type Hasher = foldhash::fast::RandomState;
 
 /// Memoises `compute(key)` for up to `capacity` keys (least recently used go first).
 pub struct Memo<V> {
-    cache: Cache<Box<str>, Arc<V>>,
+    cache: Cache<Box<str>, Arc<V>, UnitWeighter, Hasher>,
 }
 
 impl<V> Memo<V> {
     /// A memo holding at most `capacity` results.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            cache: Cache::new(capacity.max(1)),
+            cache: Cache::with(
+                capacity,
+                capacity as u64,
+                UnitWeighter,
+                Hasher::default(),
+                DefaultLifecycle::default(),
+            ),
         }
     }
 

@@ -59,23 +59,26 @@ const MEDIUMS: [&str; 7] = [
     "organic", "social", "email", "referral", "paid", "direct", "internal",
 ];
 
+/// Source and medium by host or name, with a fast hash (the keys are public data).
+type Map = HashMap<String, (Arc<str>, &'static str), foldhash::fast::RandomState>;
+
 /// The known referrers.
 pub struct Referrers {
     /// Host (or Android package) -> (source, medium).
-    exact: HashMap<String, (Arc<str>, &'static str)>,
+    exact: Map,
     /// Name before any top-level domain ("google" of "google.*") -> (source, medium).
-    any_tld: HashMap<String, (Arc<str>, &'static str)>,
+    any_tld: Map,
     /// Lower-case source name -> (source, medium).
-    names: HashMap<String, (Arc<str>, &'static str)>,
+    names: Map,
 }
 
 static SHARED: LazyLock<Arc<Referrers>> = LazyLock::new(|| {
     let sections: BTreeMap<String, BTreeMap<String, Vec<String>>> =
         toml::from_str(REFERRERS).expect("the embedded referrers.toml is valid");
     let mut referrers = Referrers {
-        exact: HashMap::new(),
-        any_tld: HashMap::new(),
-        names: HashMap::new(),
+        exact: Map::default(),
+        any_tld: Map::default(),
+        names: Map::default(),
     };
     for (medium, sources) in sections {
         let medium = MEDIUMS
@@ -136,11 +139,9 @@ impl Referrers {
 
 /// "com", "de", "co.uk", "com.br": what may follow a name in "name.*".
 fn is_public_suffix_like(rest: &str) -> bool {
-    let labels: Vec<&str> = rest.split('.').collect();
-    match labels.as_slice() {
-        [tld] => (2..=6).contains(&tld.len()),
-        [second, tld] => second.len() <= 3 && tld.len() == 2,
-        _ => false,
+    match rest.split_once('.') {
+        None => (2..=6).contains(&rest.len()),
+        Some((second, tld)) => second.len() <= 3 && tld.len() == 2 && !tld.contains('.'),
     }
 }
 
@@ -190,8 +191,8 @@ fn referrer_host(referrer: &str) -> Option<String> {
 
 /// Whether `host` is one of the site's domains or below one (domains are
 /// stored lower-case).
-fn is_own_domain(host: &str, domains: &[&str]) -> bool {
-    domains.iter().any(|domain| {
+fn is_own_domain<'d>(host: &str, mut domains: impl Iterator<Item = &'d str>) -> bool {
+    domains.any(|domain| {
         let domain = domain.trim().trim_start_matches("www.");
         !domain.is_empty() && (host == domain || host.strip_suffix(domain).is_some_and(|p| p.ends_with('.')))
     })
@@ -200,10 +201,17 @@ fn is_own_domain(host: &str, domains: &[&str]) -> bool {
 /// Classifies one event's traffic from its referrer, the query string of its
 /// page URL (without '?') and the site's own domains.
 pub fn classify(referrer: &str, page_query: &str, own_domains: &[&str]) -> Traffic {
-    classify_with(&Referrers::shared(), referrer, page_query, own_domains)
+    classify_with(&Referrers::shared(), referrer, page_query, |host| {
+        is_own_domain(host, own_domains.iter().copied())
+    })
 }
 
-fn classify_with(referrers: &Referrers, referrer: &str, page_query: &str, own_domains: &[&str]) -> Traffic {
+fn classify_with(
+    referrers: &Referrers,
+    referrer: &str,
+    page_query: &str,
+    is_own: impl Fn(&str) -> bool,
+) -> Traffic {
     let mut traffic = Traffic::default();
     let mut click: Option<&str> = None;
     if !page_query.is_empty() {
@@ -231,7 +239,7 @@ fn classify_with(referrers: &Referrers, referrer: &str, page_query: &str, own_do
         }
     }
     let host = (!referrer.is_empty()).then(|| referrer_host(referrer)).flatten();
-    let internal = host.as_deref().is_some_and(|h| is_own_domain(h, own_domains));
+    let internal = host.as_deref().is_some_and(is_own);
     let known = host
         .as_deref()
         .filter(|_| !internal)
@@ -277,10 +285,12 @@ pub struct SourceStage {
 impl Stage for SourceStage {
     fn apply(&self, draft: &mut Draft<'_>) -> Outcome {
         let site = &draft.facts.site;
-        let mut own: Vec<&str> = Vec::with_capacity(1 + site.additional_domains.len());
-        own.push(&site.domain);
-        own.extend(site.additional_domains.iter().map(String::as_str));
-        let traffic = classify_with(&self.referrers, &draft.stored.referrer, &draft.stored.query, &own);
+        let own = |host: &str| {
+            let domains = std::iter::once(site.domain.as_str())
+                .chain(site.additional_domains.iter().map(String::as_str));
+            is_own_domain(host, domains)
+        };
+        let traffic = classify_with(&self.referrers, &draft.stored.referrer, &draft.stored.query, own);
         let stored = &mut draft.stored;
         stored.source = traffic.source;
         stored.medium = traffic.medium.to_owned();
