@@ -12,7 +12,9 @@ case "$(uname -s)" in
   *) library="$target/debug/libtally_swift_bridge.so" ;;
 esac
 
-cargo build --quiet --locked -p tally-swift-bridge -p tally-uniffi-bindgen
+# The same set as the Kotlin build (sdk-kotlin-bridge/pom.xml), so that one
+# feature resolution serves both and neither rebuilds the other's library.
+cargo build --quiet --locked -p tally-kotlin-bridge -p tally-swift-bridge -p tally-uniffi-bindgen -p tally-server
 generated="$(mktemp -d)"
 trap 'rm -rf "$generated"' EXIT
 "$target/debug/uniffi-bindgen" generate --language swift --no-format \

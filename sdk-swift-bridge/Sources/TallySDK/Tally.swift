@@ -2,7 +2,8 @@
 // calls. Everything is delegated to the Rust tracker (TallyCore, generated);
 // this file only makes it read like Swift.
 import Foundation
-import TallyCore
+// Apps import TallySDK alone and still see the generated types (TrackerConfig, Event, ...).
+@_exported import TallyCore
 #if canImport(UIKit)
 import UIKit
 #endif
