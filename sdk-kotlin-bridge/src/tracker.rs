@@ -273,6 +273,38 @@ impl From<tally_sdk::TrackerStats> for TrackerStats {
     }
 }
 
+/// An event the server rejected: it is dropped, never retried, since it
+/// would fail again.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RejectedEvent {
+    /// The id `track` returned.
+    pub event_id: String,
+    /// The reason code, e.g. "REJECT_REASON_INVALID_URL".
+    pub reason: String,
+    /// The offending field, e.g. "url".
+    pub field: String,
+    /// The server's explanation.
+    pub message: String,
+}
+
+impl From<&tally_sdk::Rejected> for RejectedEvent {
+    fn from(rejected: &tally_sdk::Rejected) -> Self {
+        Self {
+            event_id: rejected.event_id.clone(),
+            reason: rejected.reason.as_str_name().to_owned(),
+            field: rejected.field.clone(),
+            message: rejected.message.clone(),
+        }
+    }
+}
+
+/// Told about every event the server rejects, implemented in Kotlin or Swift.
+#[uniffi::export(with_foreign)]
+pub trait RejectionListener: Send + Sync {
+    /// Called on the SDK's background thread; keep it short.
+    fn on_rejected(&self, rejected: RejectedEvent);
+}
+
 /// Tracks events durably and delivers them in the background. No method
 /// waits for the network: `track` returns once the event is on disk, and
 /// `flush` / `shutdown` are async.
@@ -284,11 +316,19 @@ pub struct Tracker {
 #[uniffi::export]
 impl Tracker {
     /// Opens the queue in `config.queue_dir` (delivering what an earlier run
-    /// left there) and starts the background sender.
-    #[uniffi::constructor]
-    pub fn new(config: TrackerConfig) -> Result<Arc<Self>, TallyError> {
+    /// left there) and starts the background sender. `on_rejected` hears of
+    /// every event the server rejects.
+    #[uniffi::constructor(default(on_rejected = None))]
+    pub fn new(
+        config: TrackerConfig,
+        on_rejected: Option<Arc<dyn RejectionListener>>,
+    ) -> Result<Arc<Self>, TallyError> {
+        let mut config = config.into_sdk();
+        config.on_rejected = on_rejected.map(|listener| -> tally_sdk::RejectionHandler {
+            Arc::new(move |rejected| listener.on_rejected(rejected.into()))
+        });
         let _runtime = runtime().enter();
-        let inner = tally_sdk::Tracker::start(config.into_sdk())?;
+        let inner = tally_sdk::Tracker::start(config)?;
         Ok(Arc::new(Self { inner }))
     }
 
@@ -382,5 +422,18 @@ mod tests {
         assert_eq!(sdk.max_queue_events, defaults.max_queue_events);
         assert_eq!(sdk.retry.max, defaults.retry.max);
         assert_eq!(sdk.site_id, "");
+    }
+
+    #[test]
+    fn a_rejection_names_its_reason_code() {
+        let rejected = tally_sdk::Rejected {
+            event_id: "e1".into(),
+            reason: tally_sdk::proto::RejectReason::InvalidUrl,
+            field: "url".into(),
+            message: "url must be an http(s) URL".into(),
+        };
+        let event = RejectedEvent::from(&rejected);
+        assert_eq!(event.reason, "REJECT_REASON_INVALID_URL");
+        assert_eq!((event.event_id.as_str(), event.field.as_str()), ("e1", "url"));
     }
 }

@@ -243,6 +243,22 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_REJECTION_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_REJECTION_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceRejectionListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_REJECTION_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_REJECTION_LISTENER
+typedef struct UniffiVTableCallbackInterfaceRejectionListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceRejectionListenerMethod0 _Nonnull onRejected;
+} UniffiVTableCallbackInterfaceRejectionListener;
+
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_CLIENT
 #define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_CLIENT
 uint64_t uniffi_tally_kotlin_bridge_fn_clone_client(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -278,6 +294,26 @@ uint64_t uniffi_tally_kotlin_bridge_fn_method_client_list_sites(uint64_t ptr
 uint64_t uniffi_tally_kotlin_bridge_fn_method_client_run_report(uint64_t ptr, RustBuffer query
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_REJECTIONLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_REJECTIONLISTENER
+uint64_t uniffi_tally_kotlin_bridge_fn_clone_rejectionlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_FREE_REJECTIONLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_FREE_REJECTIONLISTENER
+void uniffi_tally_kotlin_bridge_fn_free_rejectionlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_INIT_CALLBACK_VTABLE_REJECTIONLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_INIT_CALLBACK_VTABLE_REJECTIONLISTENER
+void uniffi_tally_kotlin_bridge_fn_init_callback_vtable_rejectionlistener(const UniffiVTableCallbackInterfaceRejectionListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_METHOD_REJECTIONLISTENER_ON_REJECTED
+#define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_METHOD_REJECTIONLISTENER_ON_REJECTED
+void uniffi_tally_kotlin_bridge_fn_method_rejectionlistener_on_rejected(uint64_t ptr, RustBuffer rejected, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_TRACKER
 #define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CLONE_TRACKER
 uint64_t uniffi_tally_kotlin_bridge_fn_clone_tracker(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -290,7 +326,7 @@ void uniffi_tally_kotlin_bridge_fn_free_tracker(uint64_t handle, RustCallStatus 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CONSTRUCTOR_TRACKER_NEW
 #define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_CONSTRUCTOR_TRACKER_NEW
-uint64_t uniffi_tally_kotlin_bridge_fn_constructor_tracker_new(RustBuffer config, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_tally_kotlin_bridge_fn_constructor_tracker_new(RustBuffer config, RustBuffer on_rejected, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_FN_METHOD_TRACKER_FLUSH
@@ -629,6 +665,12 @@ uint16_t uniffi_tally_kotlin_bridge_checksum_method_client_list_sites(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_CHECKSUM_METHOD_CLIENT_RUN_REPORT
 #define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_CHECKSUM_METHOD_CLIENT_RUN_REPORT
 uint16_t uniffi_tally_kotlin_bridge_checksum_method_client_run_report(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_CHECKSUM_METHOD_REJECTIONLISTENER_ON_REJECTED
+#define UNIFFI_FFIDEF_UNIFFI_TALLY_KOTLIN_BRIDGE_CHECKSUM_METHOD_REJECTIONLISTENER_ON_REJECTED
+uint16_t uniffi_tally_kotlin_bridge_checksum_method_rejectionlistener_on_rejected(void
     
 );
 #endif

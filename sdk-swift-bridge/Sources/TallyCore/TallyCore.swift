@@ -460,7 +460,13 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 
 
 // Public interface members begin here.
-
+// Magic number for the Rust proxy to call using the same mechanism as every other method,
+// to free the callback once it's dropped by Rust.
+private let IDX_CALLBACK_FREE: Int32 = 0
+// Callback return codes
+private let UNIFFI_CALLBACK_SUCCESS: Int32 = 0
+private let UNIFFI_CALLBACK_ERROR: Int32 = 1
+private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -866,6 +872,216 @@ public func FfiConverterTypeClient_lower(_ value: Client) -> UInt64 {
 
 
 /**
+ * Told about every event the server rejects, implemented in Kotlin or Swift.
+ */
+public protocol RejectionListener: AnyObject, Sendable {
+    
+    /**
+     * Called on the SDK's background thread; keep it short.
+     */
+    func onRejected(rejected: RejectedEvent) 
+    
+}
+/**
+ * Told about every event the server rejects, implemented in Kotlin or Swift.
+ */
+open class RejectionListenerImpl: RejectionListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_tally_kotlin_bridge_fn_clone_rejectionlistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_tally_kotlin_bridge_fn_free_rejectionlistener(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Called on the SDK's background thread; keep it short.
+     */
+open func onRejected(rejected: RejectedEvent)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tally_kotlin_bridge_fn_method_rejectionlistener_on_rejected(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeRejectedEvent_lower(rejected),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceRejectionListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceRejectionListener = UniffiVTableCallbackInterfaceRejectionListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeRejectionListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface RejectionListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeRejectionListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface RejectionListener: handle missing in uniffiClone")
+            }
+        },
+        onRejected: { (
+            uniffiHandle: UInt64,
+            rejected: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeRejectionListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onRejected(
+                     rejected: try FfiConverterTypeRejectedEvent_lift(rejected)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceRejectionListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceRejectionListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitRejectionListener() {
+    uniffi_tally_kotlin_bridge_fn_init_callback_vtable_rejectionlistener(UniffiCallbackInterfaceRejectionListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRejectionListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<RejectionListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = RejectionListener
+
+    public static func lift(_ handle: UInt64) throws -> RejectionListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return RejectionListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: RejectionListener) -> UInt64 {
+         if let rustImpl = value as? RejectionListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RejectionListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: RejectionListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRejectionListener_lift(_ handle: UInt64) throws -> RejectionListener {
+    return try FfiConverterTypeRejectionListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRejectionListener_lower(_ value: RejectionListener) -> UInt64 {
+    return FfiConverterTypeRejectionListener.lower(value)
+}
+
+
+
+
+
+
+/**
  * Tracks events durably and delivers them in the background. No method
  * waits for the network: `track` returns once the event is on disk, and
  * `flush` / `shutdown` are async.
@@ -977,14 +1193,16 @@ open class Tracker: TrackerProtocol, @unchecked Sendable {
     }
     /**
      * Opens the queue in `config.queue_dir` (delivering what an earlier run
-     * left there) and starts the background sender.
+     * left there) and starts the background sender. `on_rejected` hears of
+     * every event the server rejects.
      */
-public convenience init(config: TrackerConfig)throws  {
+public convenience init(config: TrackerConfig, onRejected: RejectionListener? = nil)throws  {
     let handle =
         try rustCallWithError(FfiConverterTypeTallyError_lift) {
         uniffiCallStatus in
     uniffi_tally_kotlin_bridge_fn_constructor_tracker_new(
-        FfiConverterTypeTrackerConfig_lower(config),uniffiCallStatus
+        FfiConverterTypeTrackerConfig_lower(config),
+        FfiConverterOptionTypeRejectionListener.lower(onRejected),uniffiCallStatus
     )
 }
     self.init(unsafeFromHandle: handle)
@@ -1473,6 +1691,96 @@ public func FfiConverterTypeEvent_lift(_ buf: RustBuffer) throws -> Event {
 #endif
 public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
     return FfiConverterTypeEvent.lower(value)
+}
+
+
+/**
+ * An event the server rejected: it is dropped, never retried, since it
+ * would fail again.
+ */
+public struct RejectedEvent: Equatable, Hashable {
+    /**
+     * The id `track` returned.
+     */
+    public let eventId: String
+    /**
+     * The reason code, e.g. "REJECT_REASON_INVALID_URL".
+     */
+    public let reason: String
+    /**
+     * The offending field, e.g. "url".
+     */
+    public let field: String
+    /**
+     * The server's explanation.
+     */
+    public let message: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The id `track` returned.
+         */eventId: String, 
+        /**
+         * The reason code, e.g. "REJECT_REASON_INVALID_URL".
+         */reason: String, 
+        /**
+         * The offending field, e.g. "url".
+         */field: String, 
+        /**
+         * The server's explanation.
+         */message: String) {
+        self.eventId = eventId
+        self.reason = reason
+        self.field = field
+        self.message = message
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RejectedEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRejectedEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RejectedEvent {
+        return
+            try RejectedEvent(
+                eventId: FfiConverterString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                field: FfiConverterString.read(from: &buf), 
+                message: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RejectedEvent, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.eventId, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterString.write(value.field, into: &buf)
+        FfiConverterString.write(value.message, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRejectedEvent_lift(_ buf: RustBuffer) throws -> RejectedEvent {
+    return try FfiConverterTypeRejectedEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRejectedEvent_lower(_ value: RejectedEvent) -> RustBuffer {
+    return FfiConverterTypeRejectedEvent.lower(value)
 }
 
 
@@ -3219,6 +3527,30 @@ fileprivate struct FfiConverterOptionDuration: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeRejectionListener: FfiConverterRustBuffer {
+    typealias SwiftType = RejectionListener?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeRejectionListener.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeRejectionListener.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeAppContext: FfiConverterRustBuffer {
     typealias SwiftType = AppContext?
 
@@ -3539,6 +3871,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tally_kotlin_bridge_checksum_method_client_run_report() != 49625) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_tally_kotlin_bridge_checksum_method_rejectionlistener_on_rejected() != 44213) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_tally_kotlin_bridge_checksum_method_tracker_flush() != 45467) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -3575,10 +3910,11 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tally_kotlin_bridge_checksum_constructor_client_new() != 5395) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tally_kotlin_bridge_checksum_constructor_tracker_new() != 14012) {
+    if (uniffi_tally_kotlin_bridge_checksum_constructor_tracker_new() != 47039) {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitRejectionListener()
     return InitializationResult.ok
 }()
 

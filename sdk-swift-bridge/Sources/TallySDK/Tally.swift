@@ -34,9 +34,13 @@ public enum Tally {
     /// Starts tracking with `config`, replacing any tracker configured before,
     /// and sends queued events whenever the app goes to the background. Pass
     /// `context: Tally.context()` in `config` to describe the device.
+    /// `onRejected` hears of every event the server rejects, on the SDK's thread.
     @discardableResult
-    public static func configure(_ config: TrackerConfig) throws -> Tracker {
-        let tracker = try Tracker(config: config)
+    public static func configure(
+        _ config: TrackerConfig, onRejected: (@Sendable (RejectedEvent) -> Void)? = nil
+    ) throws -> Tracker {
+        let listener: RejectionListener? = onRejected.map { RejectionHandler($0) }
+        let tracker = try Tracker(config: config, onRejected: listener)
         state.lock.lock()
         state.tracker = tracker
         state.lock.unlock()
@@ -134,4 +138,13 @@ public enum Tally {
         ]
         #endif
     }
+}
+
+/// A closure as the bridge's rejection listener.
+private final class RejectionHandler: RejectionListener {
+    let handler: @Sendable (RejectedEvent) -> Void
+
+    init(_ handler: @escaping @Sendable (RejectedEvent) -> Void) { self.handler = handler }
+
+    func onRejected(rejected: RejectedEvent) { handler(rejected) }
 }

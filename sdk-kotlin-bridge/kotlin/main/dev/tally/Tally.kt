@@ -7,6 +7,8 @@ import dev.tally.ffi.AppContext
 import dev.tally.ffi.Event
 import dev.tally.ffi.EventKind
 import dev.tally.ffi.PropertyValue
+import dev.tally.ffi.RejectedEvent
+import dev.tally.ffi.RejectionListener
 import dev.tally.ffi.Revenue
 import dev.tally.ffi.TallyException
 import dev.tally.ffi.Tracker
@@ -47,17 +49,24 @@ object Tally {
     /**
      * Starts tracking with [config], replacing (and closing) any tracker
      * configured before. Without `config.context`, the JVM's locale, time zone
-     * and OS are sent. Throws [TallyException.InvalidConfig] for a bad endpoint
-     * or key and [TallyException.Storage] when `queueDir` cannot be used.
+     * and OS are sent. [onRejected] hears of every event the server rejects
+     * (dropped, never retried), on the SDK's thread. Throws
+     * [TallyException.InvalidConfig] for a bad endpoint or key and
+     * [TallyException.Storage] when `queueDir` cannot be used.
      */
     @Synchronized
-    fun configure(config: TrackerConfig): Tracker {
+    fun configure(config: TrackerConfig, onRejected: ((RejectedEvent) -> Unit)? = null): Tracker {
         val context = config.context ?: defaultContext()
         val described = context.copy(
             sdkName = context.sdkName.ifEmpty { SDK_NAME },
             sdkVersion = context.sdkVersion.ifEmpty { SDK_VERSION },
         )
-        val tracker = Tracker(config.copy(context = described))
+        val listener = onRejected?.let { handler ->
+            object : RejectionListener {
+                override fun onRejected(rejected: RejectedEvent) = handler(rejected)
+            }
+        }
+        val tracker = Tracker(config.copy(context = described), listener)
         current?.close()
         current = tracker
         return tracker

@@ -6,6 +6,7 @@ import dev.tally.ffi.Event
 import dev.tally.ffi.EventKind
 import dev.tally.ffi.Metric
 import dev.tally.ffi.PropertyValue
+import dev.tally.ffi.RejectedEvent
 import dev.tally.ffi.ReportQuery
 import dev.tally.ffi.TallyException
 import dev.tally.ffi.Tracker
@@ -56,6 +57,23 @@ class TrackerTest {
         assertEquals(mapOf("purchase" to 3L, "Checkout" to 1L), eventsByName(site, run))
         assertEquals(4L, Tally.stats.delivered.toLong())
         assertEquals(0L, Tally.stats.queued.toLong())
+    }
+
+    @Test
+    fun `events the server rejects are dropped and reported`() = runBlocking {
+        val site = TallyServer.site("rejected")
+        val rejected = java.util.concurrent.LinkedBlockingQueue<RejectedEvent>()
+        Tally.configure(config(site)) { rejected.add(it) }
+        val bad = Tally.tracker.track(Event(kind = EventKind.Pageview("not a url")))
+        assertTrue(Tally.track("fine", mapOf("run" to run)))
+        assertTrue(Tally.flush(20.seconds), "a rejected event is not retried")
+
+        val report = rejected.poll(10, TimeUnit.SECONDS)
+        assertEquals(bad, report?.eventId)
+        assertEquals("REJECT_REASON_INVALID_URL", report?.reason)
+        assertEquals("url", report?.field)
+        assertEquals(1L, Tally.stats.rejected.toLong())
+        assertEquals(mapOf("fine" to 1L), eventsByName(site, run))
     }
 
     @Test
