@@ -21,6 +21,7 @@ import java.util.TimeZone
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.seconds
 import kotlin.time.toJavaDuration
+import kotlinx.coroutines.runBlocking
 
 /**
  * Tally's tracker for the app.
@@ -47,8 +48,10 @@ object Tally {
     private var current: Tracker? = null
 
     /**
-     * Starts tracking with [config], replacing (and closing) any tracker
-     * configured before. Without `config.context`, the JVM's locale, time zone
+     * Starts tracking with [config]. A tracker configured before is stopped
+     * first (without waiting for the network: its undelivered events stay in
+     * its queue), so the same `queueDir` is never open twice.
+     * Without `config.context`, the JVM's locale, time zone
      * and OS are sent. [onRejected] hears of every event the server rejects
      * (dropped, never retried), on the SDK's thread. Throws
      * [TallyException.InvalidConfig] for a bad endpoint or key and
@@ -66,8 +69,11 @@ object Tally {
                 override fun onRejected(rejected: RejectedEvent) = handler(rejected)
             }
         }
+        current?.let { previous ->
+            current = null
+            previous.use { runBlocking { delivered { it.shutdown(java.time.Duration.ZERO) } } }
+        }
         val tracker = Tracker(config.copy(context = described), listener)
-        current?.close()
         current = tracker
         return tracker
     }

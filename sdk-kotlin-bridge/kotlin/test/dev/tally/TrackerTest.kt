@@ -199,6 +199,19 @@ class TrackerTest {
     }
 
     @Test
+    fun `configuring again on the same queue hands its events over once`() = runBlocking {
+        val site = TallyServer.site("reconfigure")
+        val dir = queueDir()
+        Tally.configure(config(site, dir).copy(endpoint = "http://127.0.0.1:${TallyServer.freePort()}"))
+        repeat(5) { assertTrue(Tally.track("early", mapOf("run" to run))) }
+
+        Tally.configure(config(site, dir))
+        assertEquals(5L, Tally.stats.queued.toLong())
+        assertTrue(Tally.flush(20.seconds))
+        assertEquals(mapOf("early" to 5L), eventsByName(site, run))
+    }
+
+    @Test
     fun `opting out deletes the queue, drops events and is remembered`() = runBlocking {
         val site = TallyServer.site("optout")
         val dir = queueDir()
