@@ -27,7 +27,7 @@ reports=sdk-kotlin-bridge/target/surefire-reports
 rm -rf "$reports"
 # The workspace build above made the bridge library, uniffi-bindgen and tally.
 kotlin=0
-(cd sdk-kotlin-bridge && mvn -q -B -Dcargo.skip=true test) || { kotlin=1; status=1; }
+(cd sdk-kotlin-bridge && mvn -q -B -Dstyle.color=never -Dcargo.skip=true test) || { kotlin=1; status=1; }
 
 echo "== swift bindings (regenerated = committed)"
 swift=0
