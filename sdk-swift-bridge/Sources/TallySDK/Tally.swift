@@ -40,11 +40,13 @@ public enum Tally {
         _ config: TrackerConfig, onRejected: (@Sendable (RejectedEvent) -> Void)? = nil
     ) throws -> Tracker {
         let listener: RejectionListener? = onRejected.map { RejectionHandler($0) }
-        let tracker = try Tracker(config: config, onRejected: listener)
         state.lock.lock()
+        defer { state.lock.unlock() }
+        // Release a previous tracker before its queue directory is opened again.
+        state.tracker = nil
+        let tracker = try Tracker(config: config, onRejected: listener)
         state.tracker = tracker
-        state.lock.unlock()
-        observeLifecycle()
+        observeLifecycle(locked: state)
         return tracker
     }
 
@@ -124,10 +126,9 @@ public enum Tally {
         return (try? tracker.track(event: event)) != nil
     }
 
-    private static func observeLifecycle() {
+    /// Sends queued events when the app goes to the background, once; `state` is locked.
+    private static func observeLifecycle(locked state: State) {
         #if canImport(UIKit) && !os(watchOS)
-        state.lock.lock()
-        defer { state.lock.unlock() }
         guard state.observers.isEmpty else { return }
         let center = NotificationCenter.default
         state.observers = [
