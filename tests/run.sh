@@ -21,7 +21,34 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run, summed over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+
+echo "== kotlin sdk (mvn test: JUnit on the JVM against the tally binary)"
+reports=sdk-kotlin-bridge/target/surefire-reports
+rm -rf "$reports"
+# The workspace build above made the bridge library, uniffi-bindgen and tally.
+kotlin=0
+(cd sdk-kotlin-bridge && mvn -q -B -Dstyle.color=never -Dcargo.skip=true test) || { kotlin=1; status=1; }
+
+echo "== swift bindings (regenerated = committed)"
+swift=0
+bash sdk-swift-bridge/check-bindings.sh || { swift=1; status=1; }
+
+# One closing line for the whole run, summed over every test binary, the
+# JUnit reports (one <testsuite> tag per class) and the Swift drift check.
+shopt -s nullglob
+awk -v swift_failed="$swift" -v kotlin_failed="$kotlin" '
+  function attr(tag, name) {
+    return match(tag, " " name "=\"[0-9]+\"") ? substr(tag, RSTART + length(name) + 3, RLENGTH - length(name) - 4) + 0 : 0
+  }
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+  /<testsuite / {
+    junit++
+    bad = attr($0, "failures") + attr($0, "errors"); skip = attr($0, "skipped")
+    p += attr($0, "tests") - bad - skip; f += bad; s += skip
+  }
+  END {
+    if (kotlin_failed && !junit) f++ # the build failed before any test ran
+    if (swift_failed) f++; else p++
+    printf "tests: %d passed, %d failed, %d skipped\n", p, f, s
+  }' "$log" "$reports"/TEST-*.xml
 exit "$status"

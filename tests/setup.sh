@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, once per machine:
-# grpcurl (from the Go module proxy), used by the end-to-end suite.
+# grpcurl (from the Go module proxy), used by the end-to-end suite, and Java 17
+# with Maven (from Debian), which build and test the Kotlin SDK.
 set -euo pipefail
 
 GRPCURL_VERSION="v1.9.4"
@@ -10,3 +11,13 @@ if [ ! -x "$gobin/grpcurl" ]; then
   go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
 fi
 echo "setup: grpcurl $("$gobin/grpcurl" -version 2>&1 | awk '{print $2}')"
+
+missing=()
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "setup: $(javac -version 2>&1), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g')"

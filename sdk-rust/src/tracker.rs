@@ -512,6 +512,11 @@ impl Tracker {
         Ok(())
     }
 
+    /// True while tracking is opted out ([`Tracker::set_opt_out`]).
+    pub fn is_opted_out(&self) -> bool {
+        self.shared.opted_out.load(Ordering::Acquire)
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> TrackerStats {
         let shared = &self.shared;

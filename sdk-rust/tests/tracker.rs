@@ -222,7 +222,9 @@ async fn opting_out_clears_the_queue_and_is_remembered() {
         tracker.track(TrackEvent::custom(format!("e{i}"))).unwrap();
     }
     assert_eq!(tracker.stats().queued, 5);
+    assert!(!tracker.is_opted_out());
     tracker.set_opt_out(true).unwrap();
+    assert!(tracker.is_opted_out());
     assert_eq!(tracker.stats().queued, 0);
     assert!(matches!(
         tracker.track(TrackEvent::custom("x")),
@@ -230,6 +232,7 @@ async fn opting_out_clears_the_queue_and_is_remembered() {
     ));
     drop(tracker);
     let tracker = Tracker::start(config(addr, "tly_ing_x", queue.path())).unwrap();
+    assert!(tracker.is_opted_out(), "the choice survives a restart");
     assert!(matches!(
         tracker.track(TrackEvent::custom("x")),
         Err(tally_sdk::TrackRefused::OptedOut)
