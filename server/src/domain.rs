@@ -273,6 +273,12 @@ pub struct StoredEvent {
     /// utm_medium.
     #[prost(string, tag = "34")]
     pub utm_medium: String,
+    /// Visit id, assigned at ingest (0: stored before visits were formed at ingest).
+    #[prost(fixed64, tag = "35")]
+    pub session: u64,
+    /// Start of the visit, microseconds since the Unix epoch.
+    #[prost(int64, tag = "36")]
+    pub session_start: i64,
 }
 
 impl StoredEvent {

@@ -76,6 +76,10 @@ impl Ingest {
             }
             results.push(result);
         }
+        let timeout_micros = i64::from(facts.site.session_timeout_minutes.max(1)) * 60_000_000;
+        self.store
+            .sessionize(&site, timeout_micros, &mut to_store)
+            .await?;
         let outcomes = self.store.append(&site, to_store).await?;
         for (index, outcome) in accepted_indices.into_iter().zip(outcomes) {
             let result = &mut results[index];

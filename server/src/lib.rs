@@ -16,4 +16,5 @@ pub mod pipeline;
 pub mod query;
 pub mod salts;
 pub mod server;
+pub mod sessions;
 pub mod storage;

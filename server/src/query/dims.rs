@@ -28,9 +28,6 @@ impl Dim {
                 Ok(D::Unspecified) | Err(_) => {
                     Err(Error::invalid(field, "dimension is unspecified or unknown"))
                 }
-                Ok(D::EntryPage | D::ExitPage) => Err(Error::Unimplemented(format!(
-                    "{field}: entry and exit page dimensions are not available yet"
-                ))),
                 Ok(d) => Ok(Self::Standard(d)),
             },
             _ => Err(Error::invalid(

@@ -1,9 +1,15 @@
 //! `RunReport` over raw events: resolve the request into a plan, scan the
 //! site's events once for all date ranges, group, sort and page.
 //!
-//! Visits are formed while scanning, in time order: a visitor's events belong
-//! to one visit until a gap longer than the site's session timeout, and a
-//! client session id (sent by the mobile SDKs) wins over the gap rule.
+//! Visits are formed at ingest (see `crate::sessions`): every event carries
+//! its visit id. Events stored before that (visit id 0) are put into visits
+//! while scanning, by the same gap rule.
+//!
+//! Visit metrics (bounce rate, visit duration) and the entry and exit page
+//! are properties of whole visits, measured within the scanned time range; a
+//! visit counts in every row where it has an event. Time on page is the time
+//! from a page view to the next one in the same visit; a visit's last page
+//! view has none and is left out of the mean.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +25,7 @@ use super::dates::{self, ResolvedRange};
 use super::dims::{Dim, counts_in_reports};
 use super::filter::Predicate;
 use crate::convert::micros_to_timestamp;
-use crate::domain::{SiteId, SiteRecord, StoredEvent};
+use crate::domain::{EventKind, SiteId, SiteRecord, StoredEvent};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 
@@ -42,6 +48,7 @@ struct Plan {
     limit: usize,
     offset: usize,
     session_timeout_micros: i64,
+    wants_time_on_page: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -57,6 +64,46 @@ struct Acc {
     events: i64,
     visitors: HashSet<u64>,
     visits: HashSet<u64>,
+    /// Sum and count of times on page, microseconds.
+    time_on_page: (i64, i64),
+}
+
+/// What a visit did, over the scanned range.
+#[derive(Clone, Debug, Default)]
+struct VisitSummary {
+    seen: bool,
+    first: i64,
+    last: i64,
+    views: u32,
+    engaged: bool,
+    entry: String,
+    exit: String,
+}
+
+impl VisitSummary {
+    fn add(&mut self, e: &StoredEvent) {
+        if !self.seen {
+            (self.seen, self.first, self.last) = (true, e.ts_micros, e.ts_micros);
+        }
+        self.first = self.first.min(e.ts_micros);
+        self.last = self.last.max(e.ts_micros);
+        match e.event_kind() {
+            Some(k) if k.is_view() => {
+                if self.views == 0 {
+                    self.entry.clone_from(&e.path);
+                }
+                self.views += 1;
+                self.exit.clone_from(&e.path);
+            }
+            Some(EventKind::Custom | EventKind::Engagement) if !e.non_interaction => self.engaged = true,
+            _ => {}
+        }
+    }
+
+    /// One page view (or none) and no engagement.
+    fn bounced(&self) -> bool {
+        self.views <= 1 && !self.engaged
+    }
 }
 
 impl Acc {
@@ -69,9 +116,29 @@ impl Acc {
         self.visits.insert(visit);
     }
 
-    fn value(&self, metric: Metric) -> v1::MetricValue {
+    fn value(&self, metric: Metric, summaries: &HashMap<u64, VisitSummary>) -> v1::MetricValue {
         use v1::metric_value::Value;
+        let of_visits = |f: &dyn Fn(&VisitSummary) -> f64| -> f64 {
+            let values: Vec<f64> = self
+                .visits
+                .iter()
+                .filter_map(|v| summaries.get(v))
+                .map(f)
+                .collect();
+            match values.len() {
+                0 => 0.0,
+                n => values.iter().sum::<f64>() / n as f64,
+            }
+        };
         let value = match metric {
+            Metric::BounceRate => {
+                Value::DoubleValue(100.0 * of_visits(&|s| f64::from(u8::from(s.bounced()))))
+            }
+            Metric::VisitDuration => Value::DoubleValue(of_visits(&|s| (s.last - s.first) as f64 / 1e6)),
+            Metric::TimeOnPage => Value::DoubleValue(match self.time_on_page {
+                (_, 0) => 0.0,
+                (sum, n) => sum as f64 / n as f64 / 1e6,
+            }),
             Metric::Visitors => Value::IntValue(self.visitors.len() as i64),
             Metric::Visits => Value::IntValue(self.visits.len() as i64),
             Metric::Pageviews => Value::IntValue(self.pageviews),
@@ -127,7 +194,10 @@ fn plan(site: &SiteRecord, req: &v1::RunReportRequest, now_micros: i64) -> Resul
                 | Metric::Visits
                 | Metric::Pageviews
                 | Metric::Events
-                | Metric::ViewsPerVisit),
+                | Metric::ViewsPerVisit
+                | Metric::BounceRate
+                | Metric::VisitDuration
+                | Metric::TimeOnPage),
             ) => m,
             Ok(m) => {
                 return Err(Error::Unimplemented(format!(
@@ -259,6 +329,7 @@ fn plan(site: &SiteRecord, req: &v1::RunReportRequest, now_micros: i64) -> Resul
     if req.offset < 0 {
         return Err(Error::invalid("offset", "offset must not be negative"));
     }
+    let wants_time_on_page = metrics.contains(&Metric::TimeOnPage);
     Ok(Plan {
         metrics,
         dims,
@@ -270,6 +341,7 @@ fn plan(site: &SiteRecord, req: &v1::RunReportRequest, now_micros: i64) -> Resul
         limit: limit as usize,
         offset: usize::try_from(req.offset).unwrap_or(usize::MAX),
         session_timeout_micros: i64::from(site.session_timeout_minutes.max(1)) * 60_000_000,
+        wants_time_on_page,
     })
 }
 
@@ -281,6 +353,9 @@ struct Sessionizer {
 
 impl Sessionizer {
     fn visit(&mut self, e: &StoredEvent) -> u64 {
+        if e.session != 0 {
+            return e.session;
+        }
         if !e.client_session.is_empty() {
             let mut hasher = std::hash::DefaultHasher::new();
             (e.visitor, &e.client_session).hash(&mut hasher);
@@ -314,12 +389,36 @@ pub async fn run_report(
         .unwrap_or_default();
     let scan_to = plan.ranges.iter().map(|r| r.end_micros).max().unwrap_or_default();
 
-    let mut groups: HashMap<Vec<String>, Acc> = HashMap::new();
-    let mut totals: Vec<Acc> = plan.ranges.iter().map(|_| Acc::default()).collect();
-    let mut sessions = Sessionizer {
+    let new_sessionizer = || Sessionizer {
         timeout_micros: plan.session_timeout_micros,
         last: HashMap::new(),
     };
+    // Entry and exit pages are known only once a visit is complete: a first
+    // pass sums the visits up when the report groups by them.
+    let needs_summaries_first = plan.dims.iter().any(|d| {
+        matches!(
+            d,
+            Dim::Standard(v1::Dimension::EntryPage | v1::Dimension::ExitPage)
+        )
+    });
+    let mut summaries: HashMap<u64, VisitSummary> = HashMap::new();
+    if needs_summaries_first {
+        let mut sessions = new_sessionizer();
+        let mut chunks = store.scan(&site_id, scan_from, scan_to);
+        while let Some(chunk) = chunks.next().await {
+            for e in chunk? {
+                if counts_in_reports(&e, plan.include_bots) {
+                    summaries.entry(sessions.visit(&e)).or_default().add(&e);
+                }
+            }
+        }
+    }
+
+    let mut groups: HashMap<Vec<String>, Acc> = HashMap::new();
+    let mut totals: Vec<Acc> = plan.ranges.iter().map(|_| Acc::default()).collect();
+    let mut sessions = new_sessionizer();
+    // Per visit, its last page view: when, and the rows (range, key) it counted in.
+    let mut previous_view: HashMap<u64, (i64, Vec<(usize, Vec<String>)>)> = HashMap::new();
     let mut chunks = store.scan(&site_id, scan_from, scan_to);
     while let Some(chunk) = chunks.next().await {
         for e in chunk? {
@@ -327,10 +426,27 @@ pub async fn run_report(
                 continue;
             }
             let visit = sessions.visit(&e);
+            if !needs_summaries_first {
+                summaries.entry(visit).or_default().add(&e);
+            }
+            let is_view = e.event_kind().is_some_and(|k| k.is_view());
+            if is_view && let Some((at, rows)) = previous_view.remove(&visit) {
+                let spent = e.ts_micros - at;
+                for (range, key) in rows {
+                    totals[range].time_on_page.0 += spent;
+                    totals[range].time_on_page.1 += 1;
+                    if let Some(acc) = groups.get_mut(&key) {
+                        acc.time_on_page.0 += spent;
+                        acc.time_on_page.1 += 1;
+                    }
+                }
+            }
             if plan.filter.as_ref().is_some_and(|f| !f.eval(&e, plan.tz)) {
                 continue;
             }
-            for (range, total) in plan.ranges.iter().zip(totals.iter_mut()) {
+            let summary = summaries.get(&visit);
+            let mut rows = Vec::new();
+            for (i, (range, total)) in plan.ranges.iter().zip(totals.iter_mut()).enumerate() {
                 if e.ts_micros < range.start_micros || e.ts_micros >= range.end_micros {
                     continue;
                 }
@@ -338,13 +454,26 @@ pub async fn run_report(
                 let key: Vec<String> = plan
                     .dims
                     .iter()
-                    .map(|d| {
-                        d.value(&e, plan.tz, &range.name)
+                    .map(|d| match d {
+                        Dim::Standard(v1::Dimension::EntryPage) => {
+                            summary.map(|s| s.entry.clone()).unwrap_or_default()
+                        }
+                        Dim::Standard(v1::Dimension::ExitPage) => {
+                            summary.map(|s| s.exit.clone()).unwrap_or_default()
+                        }
+                        d => d
+                            .value(&e, plan.tz, &range.name)
                             .map(|v| v.into_owned())
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
                     })
                     .collect();
-                groups.entry(key).or_default().add(&e, visit);
+                groups.entry(key.clone()).or_default().add(&e, visit);
+                if is_view && plan.wants_time_on_page {
+                    rows.push((i, key));
+                }
+            }
+            if is_view && plan.wants_time_on_page {
+                previous_view.insert(visit, (e.ts_micros, rows));
             }
         }
     }
@@ -353,7 +482,7 @@ pub async fn run_report(
         .into_iter()
         .map(|(dimension_values, acc)| v1::Row {
             dimension_values,
-            metric_values: plan.metrics.iter().map(|m| acc.value(*m)).collect(),
+            metric_values: plan.metrics.iter().map(|m| acc.value(*m, &summaries)).collect(),
         })
         .collect();
     rows.sort_by(|a, b| compare_rows(&plan, a, b));
@@ -370,7 +499,7 @@ pub async fn run_report(
             } else {
                 Vec::new()
             },
-            metric_values: plan.metrics.iter().map(|m| acc.value(*m)).collect(),
+            metric_values: plan.metrics.iter().map(|m| acc.value(*m, &summaries)).collect(),
         })
         .collect();
 

@@ -98,7 +98,23 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn drop_salts(&self, names: &[String]) -> Result<(), StorageError>;
 }
 
-/// A complete backend.
-pub trait Store: EventStore + SiteStore + KeyStore {}
+/// Live visit state: which visit each visitor's new events belong to.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Assigns each event to a visit of its visitor by the rules of
+    /// [`crate::sessions`] (inactivity `timeout_micros`), setting `session`
+    /// and `session_start`. Atomic per visitor, and shared by every instance
+    /// that uses the backend, so a visit continues whichever instance gets
+    /// its events.
+    async fn sessionize(
+        &self,
+        site: &SiteId,
+        timeout_micros: i64,
+        events: &mut [StoredEvent],
+    ) -> Result<(), StorageError>;
+}
 
-impl<T: EventStore + SiteStore + KeyStore> Store for T {}
+/// A complete backend.
+pub trait Store: EventStore + SiteStore + KeyStore + SessionStore {}
+
+impl<T: EventStore + SiteStore + KeyStore + SessionStore> Store for T {}

@@ -243,7 +243,7 @@ async fn several_date_ranges_filters_and_bots() {
         Code::InvalidArgument
     );
     let later = v1::RunReportRequest {
-        metrics: vec![M::BounceRate as i32],
+        metrics: vec![M::Revenue as i32],
         ..request
     };
     assert_eq!(

@@ -204,6 +204,20 @@ pub fn scan(
     to_micros: i64,
     out: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
 ) -> Result<(), StorageError> {
+    scan_with(events, site_num, from_micros, to_micros, |chunk| {
+        out.blocking_send(Ok(chunk)).is_ok()
+    })
+}
+
+/// Hands the events of `site_num` with timestamps in `[from, to)` to `emit`
+/// in chunks, in (timestamp, id) order, until `emit` returns false.
+pub fn scan_with(
+    events: &Keyspace,
+    site_num: u32,
+    from_micros: i64,
+    to_micros: i64,
+    mut emit: impl FnMut(Vec<StoredEvent>) -> bool,
+) -> Result<(), StorageError> {
     if from_micros >= to_micros {
         return Ok(());
     }
@@ -230,7 +244,7 @@ pub fn scan(
             .map(|m| u64::from_be_bytes(m.try_into().expect("8 bytes")));
         if current_minute.is_some() && current_minute != minute {
             flush_minute(&mut minute_events, &mut chunk);
-            if chunk.len() >= SCAN_CHUNK && out.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            if chunk.len() >= SCAN_CHUNK && !emit(std::mem::take(&mut chunk)) {
                 return Ok(()); // the reader went away
             }
         }
@@ -244,7 +258,7 @@ pub fn scan(
     }
     flush_minute(&mut minute_events, &mut chunk);
     if !chunk.is_empty() {
-        let _ = out.blocking_send(Ok(chunk));
+        emit(chunk);
     }
     Ok(())
 }

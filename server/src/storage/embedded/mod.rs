@@ -8,6 +8,10 @@
 //! Keyspaces besides those of [`events`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
+//!
+//! Visit state (see [`crate::sessions`]) is kept in memory for visitors active
+//! in the last two hours and rebuilt from those hours' events at start-up.
+//!
 //! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
 //!   and `salt/<name>` for the visitor-id salts.
 
@@ -26,8 +30,9 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AppendOutcome, EventChunks, EventStore, KeyStore, SiteStore, StorageError};
+use super::{AppendOutcome, EventChunks, EventStore, KeyStore, SessionStore, SiteStore, StorageError};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
+use crate::sessions::{self, VisitorVisits};
 
 /// Appends that may wait for the writer before callers are held back.
 const WRITER_QUEUE: usize = 1024;
@@ -63,6 +68,33 @@ struct Inner {
     keys_cache: RwLock<KeyCache>,
     /// Serialises the rare read-modify-write of sites, keys and meta.
     meta_lock: Mutex<()>,
+    /// Recent visits per (site number, visitor), for visits formed at ingest.
+    visits: Mutex<Visits>,
+}
+
+/// Live visit state, in memory: visitors that sent events within the last
+/// [`VISIT_STATE_MICROS`] (by the clock), with when they last did; rebuilt
+/// from the events of that window when the store opens.
+#[derive(Default)]
+struct Visits {
+    by_visitor: HashMap<(u32, u64), (VisitorVisits, i64)>,
+    last_sweep: i64,
+}
+
+/// How long a visitor's visit state is kept after its last event: events
+/// that arrive later than this start a new visit.
+const VISIT_STATE_MICROS: i64 = 2 * 3_600_000_000;
+
+impl Visits {
+    /// Forgets visitors idle for longer than the window, at most once a minute.
+    fn sweep(&mut self, now: i64) {
+        if now - self.last_sweep < 60_000_000 {
+            return;
+        }
+        self.last_sweep = now;
+        self.by_visitor
+            .retain(|_, (_, touched)| *touched > now - VISIT_STATE_MICROS);
+    }
 }
 
 #[derive(Default)]
@@ -120,9 +152,11 @@ impl EmbeddedStore {
             sites_cache: RwLock::new(BTreeMap::new()),
             keys_cache: RwLock::new(KeyCache::default()),
             meta_lock: Mutex::new(()),
+            visits: Mutex::new(Visits::default()),
         };
         inner.check_format()?;
         inner.load_caches()?;
+        inner.load_visits()?;
         let inner = Arc::new(inner);
         let pack_ids = inner.db.keyspace("pack_ids", KeyspaceCreateOptions::default)?;
         let writer = events::Writer::recover(
@@ -209,6 +243,43 @@ impl Inner {
         for guard in self.keys.iter() {
             keys.put(decode_key(&guard.value()?)?);
         }
+        Ok(())
+    }
+
+    /// Rebuilds the visit state from the events of the last
+    /// [`VISIT_STATE_MICROS`], so visits continue across a restart.
+    fn load_visits(&self) -> Result<(), StorageError> {
+        let now = crate::domain::now_micros();
+        let nums: Vec<u32> = {
+            let sites = self.sites_cache.read().unwrap_or_else(|e| e.into_inner());
+            sites.values().map(|(num, _)| *num).collect()
+        };
+        let mut visits = self.visits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replayed = 0usize;
+        for num in nums {
+            // Events up to a day ahead are accepted, so look that far too.
+            events::scan_with(
+                &self.events,
+                num,
+                now - VISIT_STATE_MICROS,
+                now + 86_400_000_000,
+                |chunk| {
+                    for event in &chunk {
+                        let (state, touched) = visits.by_visitor.entry((num, event.visitor)).or_default();
+                        sessions::replay(state, event);
+                        *touched = now;
+                    }
+                    replayed += chunk.len();
+                    true
+                },
+            )?;
+        }
+        visits.last_sweep = now;
+        tracing::info!(
+            events = replayed,
+            visitors = visits.by_visitor.len(),
+            "visit state rebuilt"
+        );
         Ok(())
     }
 
@@ -435,6 +506,30 @@ impl KeyStore for EmbeddedStore {
             Ok(batch.commit()?)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn sessionize(
+        &self,
+        site: &SiteId,
+        timeout_micros: i64,
+        events: &mut [StoredEvent],
+    ) -> Result<(), StorageError> {
+        let num = self
+            .site_num(site)
+            .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
+        let order = sessions::batch_order(events);
+        let now = crate::domain::now_micros();
+        let mut visits = self.inner.visits.lock().unwrap_or_else(|e| e.into_inner());
+        visits.sweep(now);
+        for i in order {
+            let (state, touched) = visits.by_visitor.entry((num, events[i].visitor)).or_default();
+            sessions::assign(state, &mut events[i], timeout_micros);
+            *touched = now;
+        }
+        Ok(())
     }
 }
 
