@@ -68,6 +68,9 @@ struct Acc {
     time_on_page: (i64, i64),
 }
 
+/// The rows an event counted in: (date range index, dimension values).
+type RowKeys = Vec<(usize, Vec<String>)>;
+
 /// What a visit did, over the scanned range.
 #[derive(Clone, Debug, Default)]
 struct VisitSummary {
@@ -418,7 +421,7 @@ pub async fn run_report(
     let mut totals: Vec<Acc> = plan.ranges.iter().map(|_| Acc::default()).collect();
     let mut sessions = new_sessionizer();
     // Per visit, its last page view: when, and the rows (range, key) it counted in.
-    let mut previous_view: HashMap<u64, (i64, Vec<(usize, Vec<String>)>)> = HashMap::new();
+    let mut previous_view: HashMap<u64, (i64, RowKeys)> = HashMap::new();
     let mut chunks = store.scan(&site_id, scan_from, scan_to);
     while let Some(chunk) = chunks.next().await {
         for e in chunk? {
