@@ -48,13 +48,6 @@ pub struct VisitorVisits {
     pub visits: Vec<VisitState>,
 }
 
-impl VisitorVisits {
-    /// Latest activity, microseconds (0 with no visits).
-    pub fn last_seen(&self) -> i64 {
-        self.visits.iter().map(|v| v.last).max().unwrap_or(0)
-    }
-}
-
 /// A deterministic visit id: the same visitor starting at the same time (a
 /// retried event) gets the same id.
 fn visit_id(visitor: u64, start: i64, client_session: &str) -> u64 {

@@ -37,6 +37,7 @@ pub fn cases() -> Vec<Case> {
         instance_secret_is_stable,
         salts_are_shared_and_dropped,
         site_privacy_settings_round_trip,
+        visits_continue_across_calls,
     ]
 }
 
@@ -341,4 +342,38 @@ async fn site_privacy_settings_round_trip(store: Arc<dyn Store>) {
     assert!(store.insert_site(record.clone()).await.unwrap());
     let id = SiteId::parse("private").unwrap();
     assert_eq!(store.get_site(&id).await.unwrap(), Some(record));
+}
+
+async fn visits_continue_across_calls(store: Arc<dyn Store>) {
+    store.insert_site(site("v")).await.unwrap();
+    let id = SiteId::parse("v").unwrap();
+    let minute = 60_000_000;
+    let at = |visitor: u64, t: i64| StoredEvent {
+        visitor,
+        ts_micros: 1_000 * minute + t * minute,
+        ..Default::default()
+    };
+    let timeout = 30 * minute;
+    let mut first = vec![at(1, 0), at(2, 0)];
+    store.sessionize(&id, timeout, &mut first).await.unwrap();
+    assert_ne!(first[0].session, 0);
+    assert_ne!(
+        first[0].session, first[1].session,
+        "each visitor has its own visit"
+    );
+    // Later calls continue the visit within the timeout, and start one after it.
+    let mut second = vec![at(1, 20), at(1, 49), at(1, 90), at(2, 31)];
+    store.sessionize(&id, timeout, &mut second).await.unwrap();
+    assert_eq!(second[0].session, first[0].session);
+    assert_eq!(second[1].session, first[0].session);
+    assert_eq!(second[0].session_start, first[0].ts_micros);
+    assert_ne!(second[2].session, first[0].session);
+    assert_ne!(second[3].session, first[1].session);
+    // A batch out of order forms the same visits as one in order.
+    let mut late = vec![at(3, 50), at(3, 10), at(3, 30)];
+    store.sessionize(&id, timeout, &mut late).await.unwrap();
+    assert!(
+        late.iter()
+            .all(|e| e.session == late[0].session && e.session_start == late[1].ts_micros)
+    );
 }

@@ -51,3 +51,39 @@ async fn embedded_store_keeps_events_across_reopen() {
     use tally_server::storage::AppendOutcome::*;
     assert_eq!(again, vec![Duplicate, Stored]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_continues_visits_across_reopen() {
+    use tally_server::storage::{EventStore, SessionStore, SiteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let site = tally_server::domain::SiteId::parse("a").unwrap();
+    let now = tally_server::domain::now_micros();
+    let event = |n: u128, minutes_ago: i64| tally_server::domain::StoredEvent {
+        event_id: uuid::Uuid::from_u128(n).as_bytes().to_vec(),
+        ts_micros: now - minutes_ago * 60_000_000,
+        kind: 1,
+        visitor: 9,
+        ..Default::default()
+    };
+    let timeout = 30 * 60_000_000;
+    let before = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .insert_site(tally_server::domain::SiteRecord {
+                site_id: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut events = vec![event(1, 20)];
+        store.sessionize(&site, timeout, &mut events).await.unwrap();
+        store.append(&site, events.clone()).await.unwrap();
+        events.remove(0)
+    };
+    // After a restart, the visit state comes back from the stored events.
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut next = vec![event(2, 5)];
+    store.sessionize(&site, timeout, &mut next).await.unwrap();
+    assert_eq!(next[0].session, before.session);
+    assert_eq!(next[0].session_start, before.ts_micros);
+}

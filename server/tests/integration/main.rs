@@ -10,3 +10,4 @@ mod ingest;
 mod mmdb;
 mod reflection;
 mod report;
+mod sessions;

@@ -8,12 +8,11 @@
 //! Keyspaces besides those of [`events`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
+//! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
+//!   and `salt/<name>` for the visitor-id salts.
 //!
 //! Visit state (see [`crate::sessions`]) is kept in memory for visitors active
 //! in the last two hours and rebuilt from those hours' events at start-up.
-//!
-//! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
-//!   and `salt/<name>` for the visitor-id salts.
 
 mod dedup;
 mod events;
