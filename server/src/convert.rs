@@ -63,7 +63,10 @@ pub fn recorded_event(e: &StoredEvent) -> v1::RecordedEvent {
             nanos: m.nanos,
         }),
         visitor_id: VisitorId(e.visitor).to_string(),
-        session_id: e.client_session.clone(),
+        session_id: match e.session {
+            0 => e.client_session.clone(),
+            visit => crate::sessions::public_id(e.session_start, visit),
+        },
         user_id: e.user_id.clone(),
         bot: e.bot,
         browser: e.browser.clone(),

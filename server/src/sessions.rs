@@ -48,6 +48,20 @@ pub struct VisitorVisits {
     pub visits: Vec<VisitState>,
 }
 
+/// The public id of a visit: its start (microseconds, hex) and its id.
+pub fn public_id(start_micros: i64, visit: u64) -> String {
+    format!("{:x}-{visit:016x}", start_micros.max(0))
+}
+
+/// The start and id in a public visit id.
+pub fn parse_public_id(raw: &str) -> Option<(i64, u64)> {
+    let (start, visit) = raw.trim().split_once('-')?;
+    Some((
+        i64::from_str_radix(start, 16).ok()?,
+        u64::from_str_radix(visit, 16).ok()?,
+    ))
+}
+
 /// A deterministic visit id: the same visitor starting at the same time (a
 /// retried event) gets the same id.
 fn visit_id(visitor: u64, start: i64, client_session: &str) -> u64 {

@@ -3,7 +3,7 @@
 use tally_proto::v1::{self, session_service_server::SessionService};
 use tonic::{Request, Response, Status};
 
-use super::SharedCore;
+use super::{SharedCore, status};
 
 /// The session adapter.
 pub struct SessionApi {
@@ -15,13 +15,6 @@ impl SessionApi {
     pub fn new(core: SharedCore) -> Self {
         Self { core }
     }
-
-    async fn not_yet(&self, metadata: &tonic::metadata::MetadataMap, site_id: &str) -> Status {
-        match self.core.query_site(metadata, site_id).await {
-            Err(status) => status,
-            Ok(_) => Status::unimplemented("session look-ups are not available yet"),
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -30,20 +23,50 @@ impl SessionService for SessionApi {
         &self,
         request: Request<v1::GetSessionRequest>,
     ) -> Result<Response<v1::Session>, Status> {
-        Err(self.not_yet(request.metadata(), &request.get_ref().site_id).await)
+        let site = self
+            .core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        let session = self
+            .core
+            .query
+            .get_session(&site, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(session))
     }
 
     async fn list_sessions(
         &self,
         request: Request<v1::ListSessionsRequest>,
     ) -> Result<Response<v1::ListSessionsResponse>, Status> {
-        Err(self.not_yet(request.metadata(), &request.get_ref().site_id).await)
+        let site = self
+            .core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        let page = self
+            .core
+            .query
+            .list_sessions(&site, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(page))
     }
 
     async fn list_visitor_sessions(
         &self,
         request: Request<v1::ListVisitorSessionsRequest>,
     ) -> Result<Response<v1::ListSessionsResponse>, Status> {
-        Err(self.not_yet(request.metadata(), &request.get_ref().site_id).await)
+        let site = self
+            .core
+            .query_site(request.metadata(), &request.get_ref().site_id)
+            .await?;
+        let page = self
+            .core
+            .query
+            .list_visitor_sessions(&site, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(page))
     }
 }

@@ -334,3 +334,199 @@ async fn visit_metrics_match_an_independent_computation() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_service_finds_visits_and_their_events() {
+    use tally_proto::v1::session_service_client::SessionServiceClient;
+    let server = TestServer::start().await;
+    server.site("s", "UTC").await;
+    server.site("other", "UTC").await;
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let query_key = server.key(v1::KeyKind::Query, &["s"]).await;
+    let other_key = server.key(v1::KeyKind::Query, &["other"]).await;
+    let base = now_micros() - 6 * 3_600_000_000;
+    let at = |min: i64| base + min * MIN;
+    let view = |id: u128, min: i64, path: &str, anon: &str| {
+        pageview(id, at(min), &format!("https://s.example{path}"), anon)
+    };
+    let mut signup = view(3, 12, "/", "a");
+    signup.r#type = v1::EventType::Custom as i32;
+    signup.name = "signup".into();
+    signup.user_id = "user-1".into();
+    let mut landing = view(1, 0, "/?utm_source=newsletter&utm_medium=email", "a");
+    landing.referrer = "https://mail.google.com/".into();
+    let events = vec![
+        // Visitor a: a visit of three events, then another an hour later.
+        landing,
+        view(2, 10, "/pricing", "a"),
+        signup,
+        view(4, 75, "/docs", "a"),
+        // Visitor b: one bounce.
+        view(5, 30, "/pricing", "b"),
+    ];
+    let sent = server
+        .ingest()
+        .track(authed(
+            &key,
+            v1::TrackRequest {
+                site_id: "s".into(),
+                events,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.accepted, 5);
+    let mut sessions = SessionServiceClient::new(server.channel.clone());
+    let range = v1::TimeRange {
+        start_time: Some(ts(at(-60))),
+        end_time: Some(ts(at(120))),
+    };
+    let list =
+        |page_size: i32, page_token: String, filter: Option<v1::FilterExpression>| v1::ListSessionsRequest {
+            site_id: "s".into(),
+            time_range: Some(range.clone()),
+            filter,
+            page_size,
+            page_token,
+            include_bots: false,
+        };
+    let all = sessions
+        .list_sessions(authed(&query_key, list(0, String::new(), None)))
+        .await
+        .unwrap()
+        .into_inner();
+    let summary: Vec<(&str, i64, i64, bool, &str, &str)> = all
+        .sessions
+        .iter()
+        .map(|s| {
+            (
+                s.entry_page.as_str(),
+                s.pageviews,
+                s.events,
+                s.bounce,
+                s.exit_page.as_str(),
+                s.source.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("/docs", 1, 1, true, "/docs", "Direct"),
+            ("/pricing", 1, 1, true, "/pricing", "Direct"),
+            ("/", 2, 3, false, "/pricing", "newsletter"),
+        ],
+        "newest first"
+    );
+    let first_visit = &all.sessions[2];
+    assert_eq!(first_visit.duration.unwrap().seconds, 12 * 60);
+    assert_eq!(first_visit.user_id, "user-1");
+    assert!(all.next_page_token.is_empty());
+
+    // Paging: one at a time, the same visits in the same order.
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = sessions
+            .list_sessions(authed(&query_key, list(1, token, None)))
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.sessions.into_iter().map(|s| s.session_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let ids: Vec<String> = all.sessions.iter().map(|s| s.session_id.clone()).collect();
+    assert_eq!(paged, ids);
+
+    // A filter keeps visits with a matching event.
+    let pricing = v1::FilterExpression {
+        expr: Some(v1::filter_expression::Expr::Filter(v1::Filter {
+            dimension: Some(standard(D::Page)),
+            condition: Some(v1::filter::Condition::StringMatch(v1::StringMatch {
+                value: "/pricing".into(),
+                match_type: v1::MatchType::Exact as i32,
+                ..Default::default()
+            })),
+        })),
+    };
+    let filtered = sessions
+        .list_sessions(authed(&query_key, list(0, String::new(), Some(pricing))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.sessions.len(), 2);
+
+    // One visit with its events in order; every event names its visit.
+    let session = sessions
+        .get_session(authed(
+            &query_key,
+            v1::GetSessionRequest {
+                site_id: "s".into(),
+                session_id: first_visit.session_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<&str> = session.recorded_events.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/", "/pricing", "/"]);
+    assert!(
+        session
+            .recorded_events
+            .iter()
+            .all(|e| e.session_id == first_visit.session_id)
+    );
+    assert_eq!(
+        (session.medium.as_str(), session.campaign.as_str()),
+        ("email", "")
+    );
+
+    // A visitor's visits, by visitor id and by user id.
+    let visitor_id = session.visitor_id.clone();
+    for (visitor_id, user_id) in [(visitor_id, String::new()), (String::new(), "user-1".to_owned())] {
+        let mine = sessions
+            .list_visitor_sessions(authed(
+                &query_key,
+                v1::ListVisitorSessionsRequest {
+                    site_id: "s".into(),
+                    visitor_id: visitor_id.clone(),
+                    user_id: user_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let entries: Vec<&str> = mine.sessions.iter().map(|s| s.entry_page.as_str()).collect();
+        let want: &[&str] = if user_id.is_empty() {
+            &["/docs", "/"]
+        } else {
+            &["/"]
+        };
+        assert_eq!(entries, want, "visitor {visitor_id:?} user {user_id:?}");
+    }
+
+    // Errors.
+    let get = |id: &str, key: &str| {
+        let mut sessions = sessions.clone();
+        let request = authed(
+            key,
+            v1::GetSessionRequest {
+                site_id: "s".into(),
+                session_id: id.into(),
+            },
+        );
+        async move { sessions.get_session(request).await.unwrap_err().code() }
+    };
+    assert_eq!(get("nope", &query_key).await, tonic::Code::InvalidArgument);
+    assert_eq!(get("1-2", &query_key).await, tonic::Code::NotFound);
+    assert_eq!(
+        get(&first_visit.session_id, &other_key).await,
+        tonic::Code::PermissionDenied
+    );
+    server.stop().await;
+}
