@@ -385,7 +385,7 @@ async fn session_service_finds_visits_and_their_events() {
     let list =
         |page_size: i32, page_token: String, filter: Option<v1::FilterExpression>| v1::ListSessionsRequest {
             site_id: "s".into(),
-            time_range: Some(range.clone()),
+            time_range: Some(range),
             filter,
             page_size,
             page_token,
