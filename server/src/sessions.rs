@@ -16,7 +16,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 
-use crate::domain::StoredEvent;
+use crate::domain::{EventKind, StoredEvent};
 
 /// Longest visit: a visitor active for more than a day gets a new visit.
 pub const MAX_VISIT_MICROS: i64 = 86_400_000_000;
@@ -46,6 +46,51 @@ pub struct VisitState {
 pub struct VisitorVisits {
     /// Visits, by start time.
     pub visits: Vec<VisitState>,
+}
+
+/// What a visit did, summed up from its events in time order.
+#[derive(Clone, Debug, Default)]
+pub struct VisitFacts {
+    seen: bool,
+    /// Earliest event, microseconds.
+    pub first: i64,
+    /// Latest event, microseconds.
+    pub last: i64,
+    /// Page and screen views.
+    pub views: u32,
+    /// A custom or engagement event not marked `non_interaction`.
+    pub engaged: bool,
+    /// Path of the first view.
+    pub entry: String,
+    /// Path of the last view.
+    pub exit: String,
+}
+
+impl VisitFacts {
+    /// Adds the visit's next event.
+    pub fn add(&mut self, e: &StoredEvent) {
+        if !self.seen {
+            (self.seen, self.first, self.last) = (true, e.ts_micros, e.ts_micros);
+        }
+        self.first = self.first.min(e.ts_micros);
+        self.last = self.last.max(e.ts_micros);
+        match e.event_kind() {
+            Some(k) if k.is_view() => {
+                if self.views == 0 {
+                    self.entry.clone_from(&e.path);
+                }
+                self.views += 1;
+                self.exit.clone_from(&e.path);
+            }
+            Some(EventKind::Custom | EventKind::Engagement) if !e.non_interaction => self.engaged = true,
+            _ => {}
+        }
+    }
+
+    /// A bounce: one page view (or none) and no engagement.
+    pub fn bounced(&self) -> bool {
+        self.views <= 1 && !self.engaged
+    }
 }
 
 /// The public id of a visit: its start (microseconds, hex) and its id.

@@ -25,8 +25,9 @@ use super::dates::{self, ResolvedRange};
 use super::dims::{Dim, counts_in_reports};
 use super::filter::Predicate;
 use crate::convert::micros_to_timestamp;
-use crate::domain::{EventKind, SiteId, SiteRecord, StoredEvent};
+use crate::domain::{SiteId, SiteRecord, StoredEvent};
 use crate::error::{Error, Result};
+use crate::sessions::VisitFacts;
 use crate::storage::Store;
 
 const MAX_METRICS: usize = 10;
@@ -71,44 +72,6 @@ struct Acc {
 /// The rows an event counted in: (date range index, dimension values).
 type RowKeys = Vec<(usize, Vec<String>)>;
 
-/// What a visit did, over the scanned range.
-#[derive(Clone, Debug, Default)]
-struct VisitSummary {
-    seen: bool,
-    first: i64,
-    last: i64,
-    views: u32,
-    engaged: bool,
-    entry: String,
-    exit: String,
-}
-
-impl VisitSummary {
-    fn add(&mut self, e: &StoredEvent) {
-        if !self.seen {
-            (self.seen, self.first, self.last) = (true, e.ts_micros, e.ts_micros);
-        }
-        self.first = self.first.min(e.ts_micros);
-        self.last = self.last.max(e.ts_micros);
-        match e.event_kind() {
-            Some(k) if k.is_view() => {
-                if self.views == 0 {
-                    self.entry.clone_from(&e.path);
-                }
-                self.views += 1;
-                self.exit.clone_from(&e.path);
-            }
-            Some(EventKind::Custom | EventKind::Engagement) if !e.non_interaction => self.engaged = true,
-            _ => {}
-        }
-    }
-
-    /// One page view (or none) and no engagement.
-    fn bounced(&self) -> bool {
-        self.views <= 1 && !self.engaged
-    }
-}
-
 impl Acc {
     fn add(&mut self, e: &StoredEvent, visit: u64) {
         self.events += 1;
@@ -119,9 +82,9 @@ impl Acc {
         self.visits.insert(visit);
     }
 
-    fn value(&self, metric: Metric, summaries: &HashMap<u64, VisitSummary>) -> v1::MetricValue {
+    fn value(&self, metric: Metric, summaries: &HashMap<u64, VisitFacts>) -> v1::MetricValue {
         use v1::metric_value::Value;
-        let of_visits = |f: &dyn Fn(&VisitSummary) -> f64| -> f64 {
+        let of_visits = |f: &dyn Fn(&VisitFacts) -> f64| -> f64 {
             let values: Vec<f64> = self
                 .visits
                 .iter()
@@ -404,7 +367,7 @@ pub async fn run_report(
             Dim::Standard(v1::Dimension::EntryPage | v1::Dimension::ExitPage)
         )
     });
-    let mut summaries: HashMap<u64, VisitSummary> = HashMap::new();
+    let mut summaries: HashMap<u64, VisitFacts> = HashMap::new();
     if needs_summaries_first {
         let mut sessions = new_sessionizer();
         let mut chunks = store.scan(&site_id, scan_from, scan_to);

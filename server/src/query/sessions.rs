@@ -16,9 +16,9 @@ use tally_proto::v1;
 
 use super::filter::Predicate;
 use crate::convert::{micros_to_timestamp, recorded_event, timestamp_to_micros};
-use crate::domain::{EventKind, SiteId, SiteRecord, StoredEvent, VisitorId};
+use crate::domain::{SiteId, SiteRecord, StoredEvent, VisitorId};
 use crate::error::{Error, Result};
-use crate::sessions::{MAX_VISIT_MICROS, public_id};
+use crate::sessions::{MAX_VISIT_MICROS, VisitFacts, public_id};
 use crate::storage::Store;
 
 fn parse_session_id(raw: &str) -> Result<(i64, u64)> {
@@ -30,16 +30,12 @@ fn parse_session_id(raw: &str) -> Result<(i64, u64)> {
     })
 }
 
-/// A visit summed up from its events.
+/// A visit summed up from its events, with what a look-up shows of it.
 #[derive(Default)]
 struct Summary {
+    facts: VisitFacts,
     first: Option<StoredEvent>,
-    last_micros: i64,
-    entry: String,
-    exit: String,
-    views: i64,
     events: i64,
-    engaged: bool,
     user_id: String,
     bot: bool,
     matched: bool,
@@ -50,44 +46,33 @@ impl Summary {
         if self.first.is_none() {
             self.first = Some(e.clone());
         }
-        self.last_micros = e.ts_micros;
+        self.facts.add(e);
         self.events += 1;
         self.bot |= e.bot;
         if !e.user_id.is_empty() {
             self.user_id.clone_from(&e.user_id);
         }
-        match e.event_kind() {
-            Some(k) if k.is_view() => {
-                if self.views == 0 {
-                    self.entry.clone_from(&e.path);
-                }
-                self.views += 1;
-                self.exit.clone_from(&e.path);
-            }
-            Some(EventKind::Custom | EventKind::Engagement) if !e.non_interaction => self.engaged = true,
-            _ => {}
-        }
     }
 
     fn to_proto(&self, site: &str) -> v1::Session {
         let first = self.first.clone().unwrap_or_default();
-        let duration = self.last_micros - first.ts_micros;
+        let duration = self.facts.last - self.facts.first;
         v1::Session {
             session_id: public_id(first.session_start, first.session),
             site_id: site.to_owned(),
             visitor_id: VisitorId(first.visitor).to_string(),
             user_id: self.user_id.clone(),
-            start_time: Some(micros_to_timestamp(first.ts_micros)),
-            end_time: Some(micros_to_timestamp(self.last_micros)),
+            start_time: Some(micros_to_timestamp(self.facts.first)),
+            end_time: Some(micros_to_timestamp(self.facts.last)),
             duration: Some(prost_types::Duration {
                 seconds: duration / 1_000_000,
                 nanos: ((duration % 1_000_000) * 1000) as i32,
             }),
-            entry_page: self.entry.clone(),
-            exit_page: self.exit.clone(),
-            pageviews: self.views,
+            entry_page: self.facts.entry.clone(),
+            exit_page: self.facts.exit.clone(),
+            pageviews: i64::from(self.facts.views),
             events: self.events,
-            bounce: self.views <= 1 && !self.engaged,
+            bounce: self.facts.bounced(),
             referrer: first.referrer,
             source: first.source,
             medium: first.medium,
