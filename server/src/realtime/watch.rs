@@ -206,17 +206,21 @@ mod tests {
         }
 
         async fn pageview(&self, visitor: u64) {
-            let hit = Hit {
-                ts_micros: self.clock.now_micros(),
-                visitor,
-                bot: false,
-                view: true,
-                path: format!("/{visitor}"),
-                source: String::new(),
-                country: String::new(),
-                custom_name: String::new(),
-            };
+            let hit = pageview(self.clock.now_micros(), visitor);
             self.realtime.record(&self.site, [hit]).await;
+        }
+    }
+
+    fn pageview(ts_micros: i64, visitor: u64) -> Hit {
+        Hit {
+            ts_micros,
+            visitor,
+            bot: false,
+            view: true,
+            path: format!("/{visitor}"),
+            source: String::new(),
+            country: String::new(),
+            custom_name: String::new(),
         }
     }
 
@@ -270,17 +274,7 @@ mod tests {
             let site = f.site.clone();
             tokio::spawn(async move {
                 for visitor in 0..1000u64 {
-                    let hit = Hit {
-                        ts_micros: T0,
-                        visitor,
-                        bot: false,
-                        view: true,
-                        path: "/".into(),
-                        source: String::new(),
-                        country: String::new(),
-                        custom_name: String::new(),
-                    };
-                    realtime.record(&site, [hit]).await;
+                    realtime.record(&site, [pageview(T0, visitor)]).await;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })

@@ -8,5 +8,6 @@ mod grpc_web;
 mod harness;
 mod ingest;
 mod mmdb;
+mod realtime;
 mod reflection;
 mod report;
