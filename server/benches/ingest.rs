@@ -15,7 +15,6 @@
 //! browser page views with a few hundred distinct user agents.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
@@ -24,16 +23,16 @@ use tally_proto::v1::{
     ingest_service_client::IngestServiceClient,
     ingest_service_server::{IngestService, IngestServiceServer},
 };
-use tally_server::config::Config;
-use tally_server::storage::embedded::EmbeddedStore;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
+
+mod support;
+
+use support::{authed, connect, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ADMIN_KEY: &str = "bench-operator-key-0123456789";
 const CHANNELS: usize = 4;
 
 /// Receives events and does nothing with them.
@@ -80,61 +79,6 @@ async fn start_noop() -> SocketAddr {
             ),
     );
     addr
-}
-
-async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<EmbeddedStore>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let served = store.clone();
-    let config = Config {
-        admin_key: Some(ADMIN_KEY.into()),
-        ..Config::default()
-    };
-    tokio::spawn(async move {
-        tally_server::server::run(listener, &config, served, std::future::pending())
-            .await
-            .unwrap();
-    });
-    let channel = connect(addr).await;
-    let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
-    let site = v1::Site {
-        site_id: "bench".into(),
-        domain: "bench.example".into(),
-        ..Default::default()
-    };
-    admin
-        .create_site(authed(ADMIN_KEY, v1::CreateSiteRequest { site: Some(site) }))
-        .await
-        .unwrap();
-    let key = v1::CreateApiKeyRequest {
-        kind: v1::KeyKind::Ingest as i32,
-        site_ids: vec!["bench".into()],
-        name: "bench".into(),
-    };
-    let secret = admin
-        .create_api_key(authed(ADMIN_KEY, key))
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    (addr, secret, store)
-}
-
-async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn authed<T>(key: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 /// One of a few hundred distinct browser user agents, as real traffic has.

@@ -8,6 +8,7 @@ use tally_proto::v1;
 use crate::domain::{SiteId, SiteRecord};
 use crate::error::{Error, Result};
 use crate::pipeline::{IngestLimits, Pipeline, RequestFacts, Stop};
+use crate::realtime::Realtime;
 use crate::salts::Salts;
 use crate::storage::{AppendOutcome, Store};
 
@@ -17,16 +18,23 @@ pub struct Ingest {
     pipeline: Pipeline,
     limits: IngestLimits,
     salts: Salts,
+    realtime: Arc<Realtime>,
 }
 
 impl Ingest {
-    /// An ingest core over `store`.
-    pub fn new(store: Arc<dyn Store>, pipeline: Pipeline, limits: IngestLimits) -> Self {
+    /// An ingest core over `store` that tells `realtime` about stored events.
+    pub fn new(
+        store: Arc<dyn Store>,
+        pipeline: Pipeline,
+        limits: IngestLimits,
+        realtime: Arc<Realtime>,
+    ) -> Self {
         Self {
             salts: Salts::new(store.clone()),
             store,
             pipeline,
             limits,
+            realtime,
         }
     }
 
@@ -80,7 +88,14 @@ impl Ingest {
         self.store
             .sessionize(&site, timeout_micros, &mut to_store)
             .await?;
+        // The realtime view needs a few fields of each event after the store took them.
+        let for_realtime: Vec<_> = to_store.iter().map(crate::realtime::Hit::of).collect();
         let outcomes = self.store.append(&site, to_store).await?;
+        let stored = for_realtime
+            .into_iter()
+            .zip(&outcomes)
+            .filter_map(|(hit, outcome)| hit.filter(|_| *outcome == AppendOutcome::Stored));
+        self.realtime.record(&site, stored).await;
         for (index, outcome) in accepted_indices.into_iter().zip(outcomes) {
             let result = &mut results[index];
             match outcome {

@@ -1,8 +1,8 @@
 //! Tally: a gRPC-first analytics server.
 //!
 //! Layers, with dependencies pointing one way:
-//! `grpc` (tonic adapters) -> core services (`ingest`, `query`, `admin`,
-//! `auth`) -> `pipeline` (validate, enrich) -> `storage` (traits and backends).
+//! `grpc` (tonic adapters) -> core services (`ingest`, `query`, `realtime`,
+//! `admin`, `auth`) -> `pipeline` (validate, enrich) -> `storage` (traits and backends).
 
 pub mod admin;
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod ingest;
 pub mod pipeline;
 pub mod query;
+pub mod realtime;
 pub mod salts;
 pub mod server;
 pub mod sessions;

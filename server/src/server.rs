@@ -19,6 +19,7 @@ use crate::grpc::{AdminApi, Core, IngestApi, QueryApi, SessionApi};
 use crate::ingest::Ingest;
 use crate::pipeline::{GeoError, Pipeline};
 use crate::query::Query;
+use crate::realtime::Realtime;
 use crate::storage::Store;
 
 /// Errors that stop the server.
@@ -42,10 +43,15 @@ pub enum ServeError {
 pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Core>, ServeError> {
     let secret = store.instance_secret().await?;
     let pipeline = Pipeline::build(&config.pipeline(), secret)?;
+    let realtime = Arc::new(Realtime::in_memory());
+    let started = std::time::Instant::now();
+    let events = realtime.rebuild(store.as_ref()).await?;
+    tracing::info!(events, elapsed = ?started.elapsed(), "realtime window rebuilt from the store");
     Ok(Arc::new(Core {
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref()),
-        ingest: Ingest::new(store.clone(), pipeline, config.limits.clone()),
+        ingest: Ingest::new(store.clone(), pipeline, config.limits.clone(), realtime.clone()),
         query: Query::new(store.clone()),
+        realtime,
         admin: Admin::new(store),
     }))
 }
@@ -98,12 +104,15 @@ pub async fn run(
 
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
+    let realtime = core.realtime.clone();
     let shutdown = async move {
         shutdown.await;
         tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining in-flight requests");
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        // Realtime watches never end by themselves: end them now.
+        realtime.close();
         notify.notify_one();
     };
     // Streams such as WatchRealtime may never end by themselves: bound the drain.

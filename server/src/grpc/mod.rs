@@ -23,6 +23,7 @@ use crate::domain::{SiteId, SiteRecord};
 use crate::error::Error;
 use crate::ingest::Ingest;
 use crate::query::Query;
+use crate::realtime::Realtime;
 
 /// The core services that every adapter shares.
 pub struct Core {
@@ -32,6 +33,8 @@ pub struct Core {
     pub ingest: Ingest,
     /// Reports.
     pub query: Query,
+    /// Realtime reports and watches.
+    pub realtime: Arc<Realtime>,
     /// Sites and keys.
     pub admin: Admin,
 }

@@ -2,11 +2,12 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tally_proto::v1::{self, query_service_server::QueryService};
 use tonic::{Request, Response, Status};
 
 use super::{SharedCore, status};
+use crate::realtime::{View, heartbeat_interval};
 
 /// The query adapter.
 pub struct QueryApi {
@@ -45,10 +46,11 @@ impl QueryService for QueryApi {
         &self,
         request: Request<v1::RunRealtimeReportRequest>,
     ) -> Result<Response<v1::RealtimeReport>, Status> {
-        self.core
-            .query_site(request.metadata(), &request.get_ref().site_id)
-            .await?;
-        Err(Status::unimplemented("realtime reports are not available yet"))
+        let req = request.get_ref();
+        let site = self.core.query_site(request.metadata(), &req.site_id).await?;
+        let view = View::new(req.top_limit, req.include_bots).map_err(status)?;
+        let report = self.core.realtime.report(&site, view).await.map_err(status)?;
+        Ok(Response::new(report))
     }
 
     type WatchRealtimeStream = RealtimeStream;
@@ -57,10 +59,14 @@ impl QueryService for QueryApi {
         &self,
         request: Request<v1::WatchRealtimeRequest>,
     ) -> Result<Response<Self::WatchRealtimeStream>, Status> {
-        self.core
-            .query_site(request.metadata(), &request.get_ref().site_id)
-            .await?;
-        Err(Status::unimplemented("realtime reports are not available yet"))
+        let req = request.get_ref();
+        let site = self.core.query_site(request.metadata(), &req.site_id).await?;
+        let view = View::new(req.top_limit, req.include_bots).map_err(status)?;
+        let heartbeat = heartbeat_interval(req.heartbeat_interval.as_ref()).map_err(status)?;
+        let updates = self.core.realtime.watch(&site, view, heartbeat).map_err(status)?;
+        Ok(Response::new(Box::pin(
+            updates.map(|update| update.map_err(status)),
+        )))
     }
 
     async fn run_funnel_report(

@@ -8,6 +8,7 @@ mod grpc_web;
 mod harness;
 mod ingest;
 mod mmdb;
+mod realtime;
 mod reflection;
 mod report;
 mod sessions;

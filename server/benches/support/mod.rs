@@ -1,0 +1,73 @@
+//! What the server benchmarks share: a `tally` server on a fresh embedded
+//! store with one site, and client helpers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tally_proto::v1;
+use tally_server::config::Config;
+use tally_server::storage::embedded::EmbeddedStore;
+use tonic::Request;
+use tonic::transport::Channel;
+
+/// The operator key of the benchmark server.
+pub const ADMIN_KEY: &str = "bench-operator-key-0123456789";
+
+/// Starts `tally` over a store in `dir` with site "bench"; returns its
+/// address, an ingest key of the site and the store.
+pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<EmbeddedStore>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let served = store.clone();
+    let config = Config {
+        admin_key: Some(ADMIN_KEY.into()),
+        ..Config::default()
+    };
+    tokio::spawn(async move {
+        tally_server::server::run(listener, &config, served, std::future::pending())
+            .await
+            .unwrap();
+    });
+    let channel = connect(addr).await;
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(channel);
+    let site = v1::Site {
+        site_id: "bench".into(),
+        domain: "bench.example".into(),
+        ..Default::default()
+    };
+    admin
+        .create_site(authed(ADMIN_KEY, v1::CreateSiteRequest { site: Some(site) }))
+        .await
+        .unwrap();
+    let key = v1::CreateApiKeyRequest {
+        kind: v1::KeyKind::Ingest as i32,
+        site_ids: vec!["bench".into()],
+        name: "bench".into(),
+    };
+    let secret = admin
+        .create_api_key(authed(ADMIN_KEY, key))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    (addr, secret, store)
+}
+
+/// A channel to `addr`.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `message` with `authorization: Bearer <key>`.
+pub fn authed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
