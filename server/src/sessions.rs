@@ -138,32 +138,32 @@ pub fn assign(state: &mut VisitorVisits, event: &mut StoredEvent, timeout_micros
                 && !(t > v.last && new_campaign(v))
         })
     };
-    let visit = match found {
+    let (id, start) = match found {
         Some(i) => {
             let v = &mut state.visits[i];
             v.first = v.first.min(t);
             v.last = v.last.max(t);
-            v.clone()
+            (v.id, v.start)
         }
         None => {
-            let v = VisitState {
-                id: visit_id(event.visitor, t, &event.client_session),
+            let id = visit_id(event.visitor, t, &event.client_session);
+            state.visits.push(VisitState {
+                id,
                 start: t,
                 first: t,
                 last: t,
                 campaign: event.utm_source.clone(),
                 client_session: event.client_session.clone(),
-            };
-            state.visits.push(v.clone());
+            });
             state.visits.sort_by_key(|v| v.start);
             if state.visits.len() > KEPT_VISITS {
                 state.visits.remove(0);
             }
-            v
+            (id, t)
         }
     };
-    event.session = visit.id;
-    event.session_start = visit.start;
+    event.session = id;
+    event.session_start = start;
 }
 
 /// The order in which to assign a batch: by timestamp, so that a batch sent
