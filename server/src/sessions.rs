@@ -134,7 +134,7 @@ pub fn assign(state: &mut VisitorVisits, event: &mut StoredEvent, timeout_micros
             v.client_session.is_empty()
                 && t >= v.first - timeout_micros
                 && t <= v.last + timeout_micros
-                && t - v.start < MAX_VISIT_MICROS
+                && (t - v.start).abs() < MAX_VISIT_MICROS
                 && !(t > v.last && new_campaign(v))
         })
     };
