@@ -114,11 +114,10 @@ pub async fn get_session(
             for e in chunk? {
                 if e.session == visit {
                     events.push(e);
-                } else if events
-                    .last()
-                    .is_some_and(|last| e.ts_micros > last.ts_micros + timeout)
-                {
-                    break 'scan; // nothing of the visit can follow a gap this long
+                } else if events.last().map_or(start, |last| last.ts_micros) + timeout < e.ts_micros {
+                    // Nothing of the visit can follow a gap this long (and a
+                    // visit's first events are within the timeout of its start).
+                    break 'scan;
                 }
             }
         }
