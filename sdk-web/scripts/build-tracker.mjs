@@ -1,4 +1,6 @@
-// Bundles the script-tag tracker into one minified file, dist/tally.js.
+// Bundles the script-tag tracker into one minified file, dist/tally.js; with
+// --asset, also into ../server/assets/tally.js, the copy the server embeds.
+import { copyFileSync } from "node:fs";
 import { build } from "esbuild";
 
 await build({
@@ -10,3 +12,4 @@ await build({
   target: "es2020",
   legalComments: "none",
 });
+if (process.argv.includes("--asset")) copyFileSync("dist/tally.js", "../server/assets/tally.js");

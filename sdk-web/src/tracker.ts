@@ -119,7 +119,7 @@ export function init(o: TrackerOptions): Tracker {
   }
 
   const tracker: Tracker = {
-    track: (name, props, revenue) => add({ type: 2, name, props, revenue }),
+    track: (name, props, revenue) => add({ type: 2, name, url: location.href, props, revenue }),
     pageview,
     flush: () => flush(),
     optOut(out) {

@@ -79,3 +79,9 @@ test("the tracker stays under 4 KB gzipped", () => {
   console.log(`dist/tally.js: ${gzipped} bytes gzipped`);
   assert.ok(gzipped <= 4096, `${gzipped} bytes gzipped, over the 4096-byte budget`);
 });
+
+test("the server embeds this build of the tracker", () => {
+  const built = readFileSync(new URL("../dist/tally.js", import.meta.url), "utf8");
+  const embedded = readFileSync(new URL("../../server/assets/tally.js", import.meta.url), "utf8");
+  assert.ok(built == embedded, "server/assets/tally.js is stale: run `npm run asset` in sdk-web");
+});
