@@ -69,10 +69,11 @@ where
 
 fn respond<B>(request: &Request<B>, cache: &'static str) -> Response<Body> {
     let etag = format!("\"{}\"", *HASH);
-    let fresh = request
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|tags| tags.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == etag.as_bytes()));
+    let fresh = request.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| {
+        tags.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == etag.as_bytes())
+    });
     let (status, body) = match (fresh, request.method() == Method::HEAD) {
         (true, _) => (StatusCode::NOT_MODIFIED, Body::empty()),
         (false, true) => (StatusCode::OK, Body::empty()),
@@ -82,13 +83,19 @@ fn respond<B>(request: &Request<B>, cache: &'static str) -> Response<Body> {
     *response.status_mut() = status;
     let headers = response.headers_mut();
     let value = |s: String| HeaderValue::try_from(s).expect("ascii header value");
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     headers.insert(header::ETAG, value(etag));
     headers.insert(header::CONTENT_LOCATION, value(versioned_path()));
     // Any site may load the tracker, also as a module or with `crossorigin`.
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
     if status == StatusCode::OK {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(SCRIPT.len()));
     }

@@ -10,6 +10,6 @@ mod ingest;
 mod mmdb;
 mod realtime;
 mod reflection;
-mod script;
 mod report;
+mod script;
 mod sessions;
