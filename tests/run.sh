@@ -29,14 +29,22 @@ rm -rf "$reports"
 kotlin=0
 (cd sdk-kotlin-bridge && mvn -q -B -Dstyle.color=never -Dcargo.skip=true test) || { kotlin=1; status=1; }
 
+echo "== web sdk (npm ci && npm test: node:test against the tally binary, Chromium)"
+# The workspace build above made tally; the tests find it in $CARGO_TARGET_DIR.
+web_tap=sdk-web/test-results.tap
+rm -f "$web_tap"
+web=0
+(cd sdk-web && npm ci --no-audit --no-fund --loglevel=error && npm test) || { web=1; status=1; }
+
 echo "== swift bindings (regenerated = committed)"
 swift=0
 bash sdk-swift-bridge/check-bindings.sh || { swift=1; status=1; }
 
 # One closing line for the whole run, summed over every test binary, the
-# JUnit reports (one <testsuite> tag per class) and the Swift drift check.
+# JUnit reports (one <testsuite> tag per class), the web SDK's TAP summary
+# and the Swift drift check.
 shopt -s nullglob
-awk -v swift_failed="$swift" -v kotlin_failed="$kotlin" '
+awk -v swift_failed="$swift" -v kotlin_failed="$kotlin" -v web_failed="$web" '
   function attr(tag, name) {
     return match(tag, " " name "=\"[0-9]+\"") ? substr(tag, RSTART + length(name) + 3, RLENGTH - length(name) - 4) + 0 : 0
   }
@@ -46,9 +54,14 @@ awk -v swift_failed="$swift" -v kotlin_failed="$kotlin" '
     bad = attr($0, "failures") + attr($0, "errors"); skip = attr($0, "skipped")
     p += attr($0, "tests") - bad - skip; f += bad; s += skip
   }
+  # node:test TAP summary (sdk-web): top-level lines only.
+  /^# pass [0-9]+$/ { p += $3; tap++ }
+  /^# fail [0-9]+$/ { f += $3 }
+  /^# skipped [0-9]+$/ { s += $3 }
   END {
     if (kotlin_failed && !junit) f++ # the build failed before any test ran
+    if (web_failed && !tap) f++
     if (swift_failed) f++; else p++
     printf "tests: %d passed, %d failed, %d skipped\n", p, f, s
-  }' "$log" "$reports"/TEST-*.xml
+  }' "$log" "$reports"/TEST-*.xml sdk-web/test-results.ta[p] # a glob: left out when missing
 exit "$status"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, once per machine:
 # grpcurl (from the Go module proxy), used by the end-to-end suite, and Java 17
-# with Maven (from Debian), which build and test the Kotlin SDK.
+# with Maven (from Debian), which build and test the Kotlin SDK, and Node.js 20+
+# with Chromium (from Debian), which build and test the web SDK in a real browser.
 set -euo pipefail
 
 GRPCURL_VERSION="v1.9.4"
@@ -15,9 +16,12 @@ echo "setup: grpcurl $("$gobin/grpcurl" -version 2>&1 | awk '{print $2}')"
 missing=()
 command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "setup: $(javac -version 2>&1), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g')"
+echo "setup: node $(node --version), npm $(npm --version), $(chromium --version 2>/dev/null)"

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod query;
 pub mod realtime;
 pub mod salts;
+pub mod script;
 pub mod server;
 pub mod sessions;
 pub mod storage;

@@ -1,5 +1,6 @@
 //! Assembles the services and serves them on one port: gRPC, grpc-web
-//! (HTTP/1.1 and CORS), reflection v1 and v1alpha, and `grpc.health.v1`.
+//! (HTTP/1.1 and CORS), reflection v1 and v1alpha, `grpc.health.v1`, and the
+//! browser tracker at `/tally.js`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -122,7 +123,7 @@ pub async fn run(
     };
 
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%listen, "tally serving");
+    tracing::info!(%listen, script = %crate::script::versioned_path(), "tally serving");
     // Without TCP_NODELAY, a response written in two segments waits for the
     // peer's delayed ACK (about 40 ms) before its second segment leaves.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
@@ -131,6 +132,8 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(cors())
+        // Before grpc-web, which refuses HTTP/1.1 requests that are not grpc-web.
+        .layer(crate::script::ScriptLayer)
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)

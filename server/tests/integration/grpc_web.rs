@@ -6,7 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
-async fn http1(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+/// Sends raw HTTP/1.1 bytes and reads the whole response (the request should say `Connection: close`).
+pub async fn http1(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut response = Vec::new();

@@ -11,4 +11,5 @@ mod mmdb;
 mod realtime;
 mod reflection;
 mod report;
+mod script;
 mod sessions;
