@@ -58,12 +58,26 @@ export function init(o: TrackerOptions): Tracker {
   const off = () =>
     store?.getItem(OPT_OUT) == "1" ||
     (o.respectDnt && (navigator.doNotTrack == "1" || (navigator as { globalPrivacyControl?: boolean }).globalPrivacyControl));
-  let queue: WireEvent[] = JSON.parse(store?.getItem(QUEUE) || "[]");
+  const stored = (): WireEvent[] => {
+    try {
+      return JSON.parse(store?.getItem(QUEUE) || "[]");
+    } catch {
+      return [];
+    }
+  };
+  let queue = stored();
   let timer: ReturnType<typeof setTimeout> | undefined;
   let sending = false;
   let backoff = 0;
   let last = "";
-  const save = () => store?.setItem(QUEUE, JSON.stringify(queue));
+  // Tabs share the stored queue: keep what other tabs queued (sending it too is
+  // harmless, the server drops repeated event ids) and drop only what this tab
+  // delivered, so no tab's save loses another tab's events.
+  const save = (delivered?: Set<string>) => {
+    const mine = new Set(queue.map((e) => e.id));
+    queue = queue.concat(stored().filter((e) => !mine.has(e.id) && !delivered?.has(e.id)));
+    store?.setItem(QUEUE, JSON.stringify(queue));
+  };
   const context = (): WireContext => ({
     locale: navigator.language,
     timeZone: Intl.DateTimeFormat().resolvedOptions().timeZone,
@@ -101,7 +115,7 @@ export function init(o: TrackerOptions): Tracker {
     backoff = 0;
     const sent = new Set(batch.map((e) => e.id));
     queue = queue.filter((e) => !sent.has(e.id));
-    save();
+    save(sent);
     if (queue.length) schedule(0);
   }
 
@@ -126,7 +140,7 @@ export function init(o: TrackerOptions): Tracker {
       if (out) {
         store?.setItem(OPT_OUT, "1");
         queue = [];
-        save();
+        store?.removeItem(QUEUE);
       } else store?.removeItem(OPT_OUT);
     },
   };

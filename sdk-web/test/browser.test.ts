@@ -116,6 +116,33 @@ test("a batch queued while the server is down is delivered after it comes back",
   await page.context().close();
 });
 
+test("two tabs queueing while the server is down lose nothing of each other's", async () => {
+  const context = await browser.newContext({ userAgent: USER_AGENT });
+  const tabs = [await context.newPage(), await context.newPage()];
+  for (const [i, tab] of tabs.entries()) {
+    await tab.goto(`${origin}/tab-${i}`);
+    await tab.waitForFunction(() => window.tally);
+  }
+  await eventually(async () => [(await pages())["/tab-0"], (await pages())["/tab-1"]], [1, 1]);
+  await tally.stop();
+  // Both tabs save the one shared queue, in turns.
+  for (let round = 0; round < 3; round++) {
+    for (const [i, tab] of tabs.entries()) {
+      await tab.evaluate((name) => window.tally!.track(name), `tab-${i}-${round}`);
+    }
+  }
+  await tabs[0].waitForFunction(() => ["tab-0-2", "tab-1-2"].every((n) => localStorage.getItem("tally_queue")?.includes(n)));
+  await new Promise((r) => setTimeout(r, 1500));
+  await tally.resume();
+  const want: Record<string, number> = {};
+  for (let round = 0; round < 3; round++) for (const i of [0, 1]) want[`tab-${i}-${round}`] = 1;
+  await eventually(async () => {
+    const counts = await events();
+    return Object.fromEntries(Object.keys(want).map((name) => [name, counts[name]]));
+  }, want);
+  await context.close();
+});
+
 test("a realtime stream updates in the page", async () => {
   const context = await browser.newContext({ userAgent: USER_AGENT });
   const watcher = await context.newPage();
