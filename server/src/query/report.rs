@@ -50,6 +50,8 @@ struct Plan {
     offset: usize,
     session_timeout_micros: i64,
     wants_time_on_page: bool,
+    /// Bounce rate or visit duration is asked for: visits are summed up.
+    wants_visit_facts: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -296,6 +298,9 @@ fn plan(site: &SiteRecord, req: &v1::RunReportRequest, now_micros: i64) -> Resul
         return Err(Error::invalid("offset", "offset must not be negative"));
     }
     let wants_time_on_page = metrics.contains(&Metric::TimeOnPage);
+    let wants_visit_facts = metrics
+        .iter()
+        .any(|m| matches!(m, Metric::BounceRate | Metric::VisitDuration));
     Ok(Plan {
         metrics,
         dims,
@@ -308,6 +313,7 @@ fn plan(site: &SiteRecord, req: &v1::RunReportRequest, now_micros: i64) -> Resul
         offset: usize::try_from(req.offset).unwrap_or(usize::MAX),
         session_timeout_micros: i64::from(site.session_timeout_minutes.max(1)) * 60_000_000,
         wants_time_on_page,
+        wants_visit_facts,
     })
 }
 
@@ -392,7 +398,7 @@ pub async fn run_report(
                 continue;
             }
             let visit = sessions.visit(&e);
-            if !needs_summaries_first {
+            if plan.wants_visit_facts && !needs_summaries_first {
                 summaries.entry(visit).or_default().add(&e);
             }
             let is_view = e.event_kind().is_some_and(|k| k.is_view());
