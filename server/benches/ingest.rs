@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 mod support;
 
-use support::{authed, connect, start_tally};
+use support::{authed, connect, setting, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -218,12 +218,8 @@ async fn drive(
 }
 
 fn main() {
-    let setting = |name: &str, default: usize| {
-        let value = std::env::var(name).ok().and_then(|v| v.parse().ok());
-        value.unwrap_or(default).max(1)
-    };
-    let total = setting("BENCH_EVENTS", 400_000);
-    let clients = setting("BENCH_CLIENTS", 64);
+    let total = setting("BENCH_EVENTS", 400_000).max(1);
+    let clients = setting("BENCH_CLIENTS", 64).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

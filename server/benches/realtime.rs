@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 mod support;
 
-use support::{ADMIN_KEY, authed, connect, start_tally};
+use support::{ADMIN_KEY, authed, connect, setting, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -38,13 +38,6 @@ const BATCH: usize = 100;
 const LOAD_TASKS: usize = 4;
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_TOP: u64 = 9_999_999_999;
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn page_view(path: String, visitor: usize) -> v1::Event {
     v1::Event {

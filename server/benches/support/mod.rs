@@ -71,3 +71,11 @@ pub fn authed<T>(key: &str, message: T) -> Request<T> {
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     request
 }
+
+/// A numeric setting from the environment, or `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
