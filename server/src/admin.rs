@@ -10,6 +10,7 @@ use crate::auth::hash_secret;
 use crate::convert::{micros_to_timestamp, recorded_event, timestamp_to_micros};
 use crate::domain::{KeyKind, KeyRecord, SaltPolicy, SiteId, SiteRecord, now_micros};
 use crate::error::{Error, FieldViolation, Result};
+use crate::rollup::Rollups;
 use crate::storage::Store;
 
 const DEFAULT_RETENTION_DAYS: i32 = 425;
@@ -18,12 +19,13 @@ const DEFAULT_SESSION_TIMEOUT_MINUTES: i32 = 30;
 /// Administers sites and keys.
 pub struct Admin {
     store: Arc<dyn Store>,
+    rollups: Arc<Rollups>,
 }
 
 impl Admin {
-    /// An admin core over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// An admin core over `store`; tells `rollups` about new sites and time zones.
+    pub fn new(store: Arc<dyn Store>, rollups: Arc<Rollups>) -> Self {
+        Self { store, rollups }
     }
 
     /// Loads a site or fails with `NotFound`.
@@ -53,6 +55,7 @@ impl Admin {
         if !self.store.insert_site(record.clone()).await? {
             return Err(Error::AlreadyExists(format!("site {site_id}")));
         }
+        self.rollups.site_changed(&record, true);
         tracing::info!(site = %site_id, "site created");
         Ok(site_to_proto(&record))
     }
@@ -68,6 +71,7 @@ impl Admin {
         let mut record = self.site(&id).await?;
         apply_settings(&mut record, &site, mask)?;
         self.store.update_site(record.clone()).await?;
+        self.rollups.site_changed(&record, false);
         Ok(site_to_proto(&record))
     }
 

@@ -9,6 +9,7 @@ use crate::domain::{SiteId, SiteRecord};
 use crate::error::{Error, Result};
 use crate::pipeline::{IngestLimits, Pipeline, RequestFacts, Stop};
 use crate::realtime::Realtime;
+use crate::rollup::Rollups;
 use crate::salts::Salts;
 use crate::storage::{AppendOutcome, Store};
 
@@ -19,15 +20,18 @@ pub struct Ingest {
     limits: IngestLimits,
     salts: Salts,
     realtime: Arc<Realtime>,
+    rollups: Arc<Rollups>,
 }
 
 impl Ingest {
-    /// An ingest core over `store` that tells `realtime` about stored events.
+    /// An ingest core over `store` that tells `realtime` and `rollups`
+    /// about stored events.
     pub fn new(
         store: Arc<dyn Store>,
         pipeline: Pipeline,
         limits: IngestLimits,
         realtime: Arc<Realtime>,
+        rollups: Arc<Rollups>,
     ) -> Self {
         Self {
             salts: Salts::new(store.clone()),
@@ -35,6 +39,7 @@ impl Ingest {
             pipeline,
             limits,
             realtime,
+            rollups,
         }
     }
 
@@ -90,7 +95,20 @@ impl Ingest {
             .await?;
         // The realtime view needs a few fields of each event after the store took them.
         let for_realtime: Vec<_> = to_store.iter().map(crate::realtime::Hit::of).collect();
+        // Rollups take the stored events after the store decided which are new.
+        let for_rollups = self.rollups.enabled().then(|| to_store.clone());
         let outcomes = self.store.append(&site, to_store).await?;
+        let is_new = outcomes.iter().map(|o| *o == AppendOutcome::Stored);
+        match &for_rollups {
+            Some(events) => self.rollups.apply(
+                &facts.site.site_id,
+                events.iter().zip(is_new).filter_map(|(e, new)| new.then_some(e)),
+            ),
+            None if outcomes.contains(&AppendOutcome::Stored) => {
+                self.rollups.apply(&facts.site.site_id, std::iter::empty())
+            }
+            None => {}
+        }
         let stored = for_realtime
             .into_iter()
             .zip(&outcomes)

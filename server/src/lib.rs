@@ -2,7 +2,8 @@
 //!
 //! Layers, with dependencies pointing one way:
 //! `grpc` (tonic adapters) -> core services (`ingest`, `query`, `realtime`,
-//! `admin`, `auth`) -> `pipeline` (validate, enrich) -> `storage` (traits and backends).
+//! `admin`, `auth`) -> `pipeline` (validate, enrich), `rollup` (in-memory
+//! aggregates) -> `storage` (traits and backends).
 
 pub mod admin;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod query;
 pub mod realtime;
+pub mod rollup;
 pub mod salts;
 pub mod script;
 pub mod server;

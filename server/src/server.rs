@@ -21,6 +21,7 @@ use crate::ingest::Ingest;
 use crate::pipeline::{GeoError, Pipeline};
 use crate::query::Query;
 use crate::realtime::Realtime;
+use crate::rollup::Rollups;
 use crate::storage::Store;
 
 /// Errors that stop the server.
@@ -48,12 +49,22 @@ pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Co
     let started = std::time::Instant::now();
     let events = realtime.rebuild(store.as_ref()).await?;
     tracing::info!(events, elapsed = ?started.elapsed(), "realtime window rebuilt from the store");
+    let rollups = Arc::new(Rollups::new(true));
+    let started = std::time::Instant::now();
+    rollups.rebuild(store.as_ref()).await?;
+    tracing::info!(elapsed = ?started.elapsed(), "rollups rebuilt from the store");
     Ok(Arc::new(Core {
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref()),
-        ingest: Ingest::new(store.clone(), pipeline, config.limits.clone(), realtime.clone()),
-        query: Query::new(store.clone()),
+        ingest: Ingest::new(
+            store.clone(),
+            pipeline,
+            config.limits.clone(),
+            realtime.clone(),
+            rollups.clone(),
+        ),
+        query: Query::new(store.clone(), rollups.clone()),
         realtime,
-        admin: Admin::new(store),
+        admin: Admin::new(store, rollups),
     }))
 }
 

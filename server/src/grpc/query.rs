@@ -73,19 +73,28 @@ impl QueryService for QueryApi {
         &self,
         request: Request<v1::RunFunnelReportRequest>,
     ) -> Result<Response<v1::RunFunnelReportResponse>, Status> {
-        self.core
+        let site = self
+            .core
             .query_site(request.metadata(), &request.get_ref().site_id)
             .await?;
-        Err(Status::unimplemented("funnel reports are not available yet"))
+        let report = self
+            .core
+            .query
+            .run_funnel(&site, request.get_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(report))
     }
 
     async fn get_metadata(
         &self,
         request: Request<v1::GetMetadataRequest>,
     ) -> Result<Response<v1::Metadata>, Status> {
-        self.core
+        let site = self
+            .core
             .query_site(request.metadata(), &request.get_ref().site_id)
             .await?;
-        Err(Status::unimplemented("metadata is not available yet"))
+        let metadata = self.core.query.metadata(&site).await.map_err(status)?;
+        Ok(Response::new(metadata))
     }
 }

@@ -20,6 +20,13 @@ pub struct ResolvedRange {
     pub end_micros: i64,
 }
 
+impl ResolvedRange {
+    /// True when the instant is inside the range.
+    pub fn contains(&self, micros: i64) -> bool {
+        (self.start_micros..self.end_micros).contains(&micros)
+    }
+}
+
 /// Parses "YYYY-MM-DD", "today", "yesterday" or "NdaysAgo" relative to `today`.
 pub fn parse_date(raw: &str, today: NaiveDate) -> Option<NaiveDate> {
     match raw {

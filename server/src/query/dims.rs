@@ -8,6 +8,7 @@ use tally_proto::v1::{self, Dimension as D};
 
 use crate::domain::{EventKind, StoredEvent};
 use crate::error::{Error, Result};
+use crate::sessions::VisitFacts;
 
 /// A validated dimension.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +44,26 @@ impl Dim {
             self,
             Self::Standard(D::TimeMinute | D::TimeHour | D::TimeDay | D::TimeWeek | D::TimeMonth)
         )
+    }
+
+    /// True for the entry and exit page: known only once a visit is summed up.
+    pub fn is_visit_level(&self) -> bool {
+        matches!(self, Self::Standard(D::EntryPage | D::ExitPage))
+    }
+
+    /// The value on `e`, with entry and exit page taken from its visit's facts.
+    pub fn value_with(
+        &self,
+        e: &StoredEvent,
+        tz: Tz,
+        range_name: &str,
+        visit: Option<&VisitFacts>,
+    ) -> Option<String> {
+        match self {
+            Self::Standard(D::EntryPage) => visit.map(|v| v.entry.clone()).filter(|p| !p.is_empty()),
+            Self::Standard(D::ExitPage) => visit.map(|v| v.exit.clone()).filter(|p| !p.is_empty()),
+            d => d.value(e, tz, range_name).map(Cow::into_owned),
+        }
     }
 
     /// The public form.

@@ -7,6 +7,7 @@ use tally_proto::v1::{self, filter::Condition, filter_expression::Expr};
 use super::dims::Dim;
 use crate::domain::{PropValue, StoredEvent};
 use crate::error::{Error, Result};
+use crate::sessions::VisitFacts;
 
 const MAX_DEPTH: usize = 10;
 const MAX_IN_LIST: usize = 1000;
@@ -90,28 +91,77 @@ impl Predicate {
 
     /// Evaluates on one event.
     pub fn eval(&self, e: &StoredEvent, tz: Tz) -> bool {
+        self.eval_with(e, tz, None)
+    }
+
+    /// Evaluates on one event of a visit whose facts are known (for the
+    /// entry and exit page).
+    pub fn eval_with(&self, e: &StoredEvent, tz: Tz, visit: Option<&VisitFacts>) -> bool {
         match self {
-            Self::And(all) => all.iter().all(|p| p.eval(e, tz)),
-            Self::Or(any) => any.iter().any(|p| p.eval(e, tz)),
-            Self::Not(inner) => !inner.eval(e, tz),
+            Self::And(all) => all.iter().all(|p| p.eval_with(e, tz, visit)),
+            Self::Or(any) => any.iter().any(|p| p.eval_with(e, tz, visit)),
+            Self::Not(inner) => !inner.eval_with(e, tz, visit),
             Self::Test(dim, test) => {
-                if let Test::Numeric(op, rhs) = test {
-                    return numeric_value(dim, e, tz).is_some_and(|lhs| compare(*op, lhs, *rhs));
+                if let (Test::Numeric(op, rhs), Dim::Property(key)) = (test, dim) {
+                    return property_number(e, key).is_some_and(|lhs| compare(*op, lhs, *rhs));
                 }
-                let value = dim.value(e, tz, "");
-                match test {
-                    Test::IsSet(want) => value.is_some() == *want,
-                    Test::Matches(re) => value.is_some_and(|v| re.is_match(&v)),
-                    Test::InList {
-                        values,
-                        case_sensitive,
-                    } => value.is_some_and(|v| match case_sensitive {
-                        true => values.iter().any(|x| *x == *v),
-                        false => values.contains(&v.to_lowercase()),
-                    }),
-                    Test::Numeric(..) => unreachable!("handled above"),
-                }
+                test.eval(dim.value_with(e, tz, "", visit).as_deref())
             }
+        }
+    }
+
+    /// Evaluates on a value of the one dimension the expression tests
+    /// (see [`Predicate::single_dim`]); `None` when the event has none.
+    pub fn eval_value(&self, value: Option<&str>) -> bool {
+        match self {
+            Self::And(all) => all.iter().all(|p| p.eval_value(value)),
+            Self::Or(any) => any.iter().any(|p| p.eval_value(value)),
+            Self::Not(inner) => !inner.eval_value(value),
+            Self::Test(_, test) => test.eval(value),
+        }
+    }
+
+    /// The dimension every condition tests, when there is exactly one and it
+    /// is a standard one (a property's numbers are typed, so not text).
+    pub fn single_dim(&self) -> Option<&Dim> {
+        let mut dims = Vec::new();
+        self.collect_dims(&mut dims);
+        let first = *dims.first()?;
+        (matches!(first, Dim::Standard(_)) && dims.iter().all(|d| *d == first)).then_some(first)
+    }
+
+    /// True when a condition tests the entry or exit page.
+    pub fn uses_visit_level(&self) -> bool {
+        let mut dims = Vec::new();
+        self.collect_dims(&mut dims);
+        dims.iter().any(|d| d.is_visit_level())
+    }
+
+    fn collect_dims<'a>(&'a self, out: &mut Vec<&'a Dim>) {
+        match self {
+            Self::And(list) | Self::Or(list) => list.iter().for_each(|p| p.collect_dims(out)),
+            Self::Not(inner) => inner.collect_dims(out),
+            Self::Test(dim, _) => out.push(dim),
+        }
+    }
+}
+
+impl Test {
+    /// Evaluates on a dimension value; `None` when the event has none.
+    fn eval(&self, value: Option<&str>) -> bool {
+        match self {
+            Self::IsSet(want) => value.is_some() == *want,
+            Self::Matches(re) => value.is_some_and(|v| re.is_match(v)),
+            Self::InList {
+                values,
+                case_sensitive,
+            } => value.is_some_and(|v| match case_sensitive {
+                true => values.iter().any(|x| x == v),
+                false => values.contains(&v.to_lowercase()),
+            }),
+            Self::Numeric(op, rhs) => value
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|lhs| compare(*op, lhs, *rhs)),
         }
     }
 }
@@ -187,15 +237,12 @@ pub fn string_match_regex(m: &v1::StringMatch, field: &str) -> Result<Regex> {
         })
 }
 
-fn numeric_value(dim: &Dim, e: &StoredEvent, tz: Tz) -> Option<f64> {
-    if let Dim::Property(key) = dim {
-        match e.properties.get(key)?.value.as_ref()? {
-            PropValue::Num(n) => return Some(*n),
-            PropValue::Str(s) => return s.trim().parse().ok(),
-            PropValue::Bool(_) => return None,
-        }
+fn property_number(e: &StoredEvent, key: &str) -> Option<f64> {
+    match e.properties.get(key)?.value.as_ref()? {
+        PropValue::Num(n) => Some(*n),
+        PropValue::Str(s) => s.trim().parse().ok(),
+        PropValue::Bool(_) => None,
     }
-    dim.value(e, tz, "")?.trim().parse().ok()
 }
 
 fn compare(op: v1::NumericOperator, lhs: f64, rhs: f64) -> bool {

@@ -1,9 +1,15 @@
 //! The query core: reports and session look-ups over a site's events.
 
+pub mod cache;
 pub mod dates;
 pub mod dims;
 pub mod filter;
+mod funnel;
+mod metadata;
+pub mod plan;
+mod raw;
 mod report;
+mod rollup_exec;
 mod sessions;
 
 use std::sync::Arc;
@@ -12,17 +18,30 @@ use tally_proto::v1;
 
 use crate::domain::{SiteRecord, now_micros};
 use crate::error::Result;
+use crate::rollup::Rollups;
 use crate::storage::Store;
+use cache::ReportCache;
 
 /// Answers reports.
 pub struct Query {
     store: Arc<dyn Store>,
+    rollups: Arc<Rollups>,
+    cache: ReportCache,
 }
 
 impl Query {
-    /// A query core over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// A query core over `store` and the `rollups` that ingest keeps.
+    pub fn new(store: Arc<dyn Store>, rollups: Arc<Rollups>) -> Self {
+        Self {
+            store,
+            rollups,
+            cache: ReportCache::default(),
+        }
+    }
+
+    /// The cache of report answers.
+    pub fn cache(&self) -> &ReportCache {
+        &self.cache
     }
 
     /// Runs a report for `site` (already authorised).
@@ -31,7 +50,29 @@ impl Query {
         site: &SiteRecord,
         req: &v1::RunReportRequest,
     ) -> Result<v1::RunReportResponse> {
-        report::run_report(self.store.as_ref(), site, req, now_micros()).await
+        report::run_report(
+            self.store.as_ref(),
+            &self.rollups,
+            &self.cache,
+            site,
+            req,
+            now_micros(),
+        )
+        .await
+    }
+
+    /// Runs a funnel report for `site` (already authorised).
+    pub async fn run_funnel(
+        &self,
+        site: &SiteRecord,
+        req: &v1::RunFunnelReportRequest,
+    ) -> Result<v1::RunFunnelReportResponse> {
+        funnel::run(self.store.as_ref(), site, req, now_micros()).await
+    }
+
+    /// Metrics, dimensions and the custom property keys seen on `site`.
+    pub async fn metadata(&self, site: &SiteRecord) -> Result<v1::Metadata> {
+        metadata::metadata(self.store.as_ref(), &self.rollups, site, now_micros()).await
     }
 
     /// One visit with its events (`site` already authorised).

@@ -244,6 +244,7 @@ async fn several_date_ranges_filters_and_bots() {
     );
     let later = v1::RunReportRequest {
         metrics: vec![M::Revenue as i32],
+        revenue_currency: "euros".into(),
         ..request
     };
     assert_eq!(
@@ -253,7 +254,7 @@ async fn several_date_ranges_filters_and_bots() {
             .await
             .unwrap_err()
             .code(),
-        Code::Unimplemented
+        Code::InvalidArgument
     );
     server.stop().await;
 }

@@ -1,0 +1,336 @@
+//! Rollups: counts, sums and visitor sketches per site, time bucket,
+//! dimension and value, kept up to date at ingest so that the common
+//! reports never touch raw events.
+//!
+//! Per site there are
+//! - one cell per UTC hour over all events (time series and totals in any
+//!   time zone whose offsets are whole hours), and
+//! - one cell per day of the site's time zone, per rolled-up dimension and
+//!   value (breakdowns such as top pages, in the site's time zone).
+//!
+//! A cell holds page views, events, revenue per currency, and sketches of
+//! the distinct visitors and visits (see [`sketch`]). Only events that count
+//! in reports without `include_bots` go in. Rollups live in memory: they are
+//! rebuilt from raw events when the server starts ([`Rollups::rebuild`]) and
+//! updated by ingest for each newly stored event ([`Rollups::apply`]), so
+//! they can never disagree with the raw events for long.
+//!
+//! Every applied batch also bumps the site's write generation, which the
+//! report cache uses to drop answers that new events made stale.
+
+pub mod sketch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::StreamExt;
+use tally_proto::v1::Dimension as D;
+
+use crate::domain::{PropValue, SiteId, SiteRecord, StoredEvent, now_micros};
+use crate::query::dims::{Dim, counts_in_reports};
+use crate::storage::{StorageError, Store};
+use sketch::Sketch;
+
+/// The dimensions rolled up per day and value.
+pub const DIMENSIONS: [D; 16] = [
+    D::Page,
+    D::Hostname,
+    D::Referrer,
+    D::Source,
+    D::Medium,
+    D::Campaign,
+    D::UtmSource,
+    D::UtmMedium,
+    D::Country,
+    D::Region,
+    D::City,
+    D::DeviceType,
+    D::Browser,
+    D::Os,
+    D::AppVersion,
+    D::EventName,
+];
+
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// Aggregates of one bucket.
+#[derive(Clone, Debug, Default)]
+pub struct Cell {
+    /// Page and screen views.
+    pub pageviews: u64,
+    /// Events.
+    pub events: u64,
+    /// Revenue per ISO 4217 currency, nano units.
+    pub revenue: Vec<([u8; 3], i128)>,
+    /// Distinct visitors.
+    pub visitors: Sketch,
+    /// Distinct visits.
+    pub visits: Sketch,
+}
+
+impl Cell {
+    fn add(&mut self, e: &StoredEvent) {
+        self.events += 1;
+        if e.event_kind().is_some_and(|k| k.is_view()) {
+            self.pageviews += 1;
+        }
+        self.visitors.insert(e.visitor);
+        self.visits.insert(e.session);
+        if let Some(money) = &e.revenue
+            && let Ok(code) = <[u8; 3]>::try_from(money.currency.as_bytes())
+        {
+            let nanos = i128::from(money.units) * 1_000_000_000 + i128::from(money.nanos);
+            match self.revenue.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, sum)) => *sum += nanos,
+                None => self.revenue.push((code, nanos)),
+            }
+        }
+    }
+
+    /// Revenue in `currency`, nano units.
+    pub fn revenue_nanos(&self, currency: &str) -> i128 {
+        self.revenue
+            .iter()
+            .find(|(c, _)| c.as_slice() == currency.as_bytes())
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.visitors.heap_bytes() + self.visits.heap_bytes() + self.revenue.capacity() * 32
+    }
+}
+
+/// One day of a site, in its time zone.
+#[derive(Debug, Default)]
+pub struct Day {
+    /// Per rolled-up dimension (in [`DIMENSIONS`] order), value -> cell;
+    /// events without a value are under "".
+    pub dims: Vec<HashMap<Box<str>, Cell>>,
+}
+
+/// A site's rollups.
+#[derive(Debug)]
+pub struct SiteRollups {
+    /// Time zone of the day buckets.
+    pub tz: Tz,
+    /// UTC hour (hours since the epoch) -> cell.
+    pub hours: BTreeMap<i64, Cell>,
+    /// Local day -> cells by dimension.
+    pub days: BTreeMap<NaiveDate, Day>,
+    /// Custom property keys seen, with the kinds of values (bit 0 string,
+    /// bit 1 number, bit 2 bool).
+    pub properties: BTreeMap<String, u8>,
+}
+
+impl SiteRollups {
+    fn new(tz: Tz) -> Self {
+        Self {
+            tz,
+            hours: BTreeMap::new(),
+            days: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, e: &StoredEvent) {
+        for (key, prop) in &e.properties {
+            let kind = match prop.value {
+                Some(PropValue::Str(_)) => 1,
+                Some(PropValue::Num(_)) => 2,
+                Some(PropValue::Bool(_)) => 4,
+                None => 0,
+            };
+            match self.properties.get_mut(key) {
+                Some(kinds) => *kinds |= kind,
+                None => {
+                    self.properties.insert(key.clone(), kind);
+                }
+            }
+        }
+        if !counts_in_reports(e, false) {
+            return;
+        }
+        self.hours
+            .entry(e.ts_micros.div_euclid(HOUR_MICROS))
+            .or_default()
+            .add(e);
+        let Some(local) = Utc.timestamp_micros(e.ts_micros).single() else {
+            return;
+        };
+        let date = local.with_timezone(&self.tz).date_naive();
+        let day = self.days.entry(date).or_default();
+        if day.dims.is_empty() {
+            day.dims = DIMENSIONS.iter().map(|_| HashMap::new()).collect();
+        }
+        for (d, cells) in DIMENSIONS.iter().zip(day.dims.iter_mut()) {
+            let value = Dim::Standard(*d).value(e, self.tz, "");
+            let value = value.as_deref().unwrap_or("");
+            match cells.get_mut(value) {
+                Some(cell) => cell.add(e),
+                None => cells.entry(value.into()).or_default().add(e),
+            }
+        }
+    }
+
+    /// Bytes held, roughly (cells, sketches, keys).
+    pub fn heap_bytes(&self) -> usize {
+        let cell = std::mem::size_of::<Cell>();
+        let hours: usize = self.hours.values().map(|c| cell + c.heap_bytes()).sum();
+        let days: usize = self
+            .days
+            .values()
+            .flat_map(|d| d.dims.iter())
+            .flat_map(|m| m.iter())
+            .map(|(k, c)| cell + 16 + k.len() + c.heap_bytes())
+            .sum();
+        hours + days
+    }
+}
+
+struct Entry {
+    rollups: RwLock<Option<SiteRollups>>,
+    generation: AtomicU64,
+    old_generation: AtomicU64,
+}
+
+/// Events older than this when they arrive count as late: they bump the
+/// generation that cached answers about the past depend on.
+pub const LATE_MICROS: i64 = 2 * 24 * HOUR_MICROS;
+
+/// The rollups of every site.
+pub struct Rollups {
+    enabled: bool,
+    sites: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+impl Rollups {
+    /// Rollups that answer reports (`enabled`), or that only count writes
+    /// for the cache (a backend shared by several instances, whose rollups
+    /// one instance alone cannot keep).
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            sites: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// True when the rollups answer reports (and so need the stored events).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn entry(&self, site: &str) -> Arc<Entry> {
+        if let Some(entry) = self.sites.read().expect("rollups lock").get(site) {
+            return entry.clone();
+        }
+        self.sites
+            .write()
+            .expect("rollups lock")
+            .entry(site.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    rollups: RwLock::new(None),
+                    generation: AtomicU64::new(0),
+                    old_generation: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Rebuilds every site's rollups from its raw events. Call before ingest starts.
+    pub async fn rebuild(&self, store: &dyn Store) -> Result<(), StorageError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        for site in store.list_sites().await? {
+            let started = std::time::Instant::now();
+            let Ok(id) = SiteId::parse(&site.site_id) else {
+                continue;
+            };
+            let mut rollups = SiteRollups::new(site_tz(&site));
+            let mut events = 0u64;
+            let mut chunks = store.scan(&id, i64::MIN, i64::MAX);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                events += chunk.len() as u64;
+                chunk.iter().for_each(|e| rollups.apply(e));
+            }
+            if events > 0 {
+                tracing::info!(
+                    site = %site.site_id,
+                    events,
+                    bytes = rollups.heap_bytes(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "rollups rebuilt"
+                );
+            }
+            *self.entry(&site.site_id).rollups.write().expect("rollups lock") = Some(rollups);
+        }
+        Ok(())
+    }
+
+    /// A new site, or a site whose time zone changed: its day buckets start
+    /// over in the new zone. Days rolled up in another zone cannot be
+    /// split again, so after a change the site's breakdowns are answered
+    /// from raw events until the next rebuild (the next start).
+    pub fn site_changed(&self, site: &SiteRecord, is_new: bool) {
+        if !self.enabled {
+            return;
+        }
+        let entry = self.entry(&site.site_id);
+        let mut rollups = entry.rollups.write().expect("rollups lock");
+        let tz = site_tz(site);
+        match rollups.as_mut() {
+            None if is_new => *rollups = Some(SiteRollups::new(tz)),
+            Some(r) if r.tz != tz => *rollups = None,
+            _ => {}
+        }
+    }
+
+    /// Adds newly stored events (duplicates left out) of a site.
+    pub fn apply<'a>(&self, site: &str, events: impl IntoIterator<Item = &'a StoredEvent>) {
+        let entry = self.entry(site);
+        let now = now_micros();
+        let mut late = false;
+        {
+            let mut guard = entry.rollups.write().expect("rollups lock");
+            for e in events {
+                late |= e.ts_micros < now - LATE_MICROS;
+                if let Some(rollups) = guard.as_mut() {
+                    rollups.apply(e);
+                }
+            }
+        }
+        entry.generation.fetch_add(1, Ordering::Release);
+        if late {
+            entry.old_generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The site's write generations: (every write, late writes).
+    pub fn generations(&self, site: &str) -> (u64, u64) {
+        let entry = self.entry(site);
+        (
+            entry.generation.load(Ordering::Acquire),
+            entry.old_generation.load(Ordering::Acquire),
+        )
+    }
+
+    /// Runs `f` over the site's rollups, when they can answer reports.
+    pub fn read<T>(&self, site: &str, f: impl FnOnce(&SiteRollups) -> T) -> Option<T> {
+        if !self.enabled {
+            return None;
+        }
+        let entry = self.entry(site);
+        let guard = entry.rollups.read().expect("rollups lock");
+        guard.as_ref().map(f)
+    }
+}
+
+fn site_tz(site: &SiteRecord) -> Tz {
+    Tz::from_str(&site.time_zone).unwrap_or(Tz::UTC)
+}
