@@ -7,6 +7,7 @@ use tally_proto::v1;
 
 use crate::domain::{SiteId, SiteRecord};
 use crate::error::{Error, Result};
+use crate::metrics::metrics;
 use crate::pipeline::{IngestLimits, Pipeline, RequestFacts, Stop};
 use crate::realtime::Realtime;
 use crate::rollup::Rollups;
@@ -90,14 +91,18 @@ impl Ingest {
             results.push(result);
         }
         let timeout_micros = i64::from(facts.site.session_timeout_minutes.max(1)) * 60_000_000;
+        let started = std::time::Instant::now();
         self.store
             .sessionize(&site, timeout_micros, &mut to_store)
             .await?;
+        metrics().store_sessionize.since(started);
         // The realtime view needs a few fields of each event after the store took them.
         let for_realtime: Vec<_> = to_store.iter().map(crate::realtime::Hit::of).collect();
         // Rollups take the stored events after the store decided which are new.
         let for_rollups = self.rollups.enabled().then(|| to_store.clone());
+        let started = std::time::Instant::now();
         let outcomes = self.store.append(&site, to_store).await?;
+        metrics().store_append.since(started);
         let is_new = outcomes.iter().map(|o| *o == AppendOutcome::Stored);
         match &for_rollups {
             Some(events) => self.rollups.apply(
@@ -125,6 +130,18 @@ impl Ingest {
             }
         }
         let count = |v: v1::Verdict| results.iter().filter(|r| r.verdict() == v).count() as i32;
+        let m = metrics();
+        for (verdict, label) in [
+            (v1::Verdict::Accepted, "accepted"),
+            (v1::Verdict::Duplicate, "duplicate"),
+            (v1::Verdict::Rejected, "rejected"),
+            (v1::Verdict::Excluded, "excluded"),
+        ] {
+            m.events.add(label, count(verdict) as u64);
+        }
+        for r in results.iter().filter(|r| r.verdict() == v1::Verdict::Rejected) {
+            m.rejections.add(r.reason().as_str_name(), 1);
+        }
         Ok(v1::TrackResponse {
             accepted: count(v1::Verdict::Accepted),
             duplicates: count(v1::Verdict::Duplicate),

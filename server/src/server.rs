@@ -143,6 +143,8 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(cors())
+        // Before grpc-web too: `GET /metrics` is plain HTTP.
+        .layer(crate::metrics::MetricsLayer)
         // Before grpc-web, which refuses HTTP/1.1 requests that are not grpc-web.
         .layer(crate::script::ScriptLayer)
         .layer(tonic_web::GrpcWebLayer::new())

@@ -21,6 +21,26 @@ impl QueryApi {
     }
 }
 
+/// Counts an open `WatchRealtime` stream in the metrics while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        crate::metrics::metrics()
+            .realtime_streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        crate::metrics::metrics()
+            .realtime_streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 type RealtimeStream = Pin<Box<dyn Stream<Item = Result<v1::RealtimeUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -64,9 +84,11 @@ impl QueryService for QueryApi {
         let view = View::new(req.top_limit, req.include_bots).map_err(status)?;
         let heartbeat = heartbeat_interval(req.heartbeat_interval.as_ref()).map_err(status)?;
         let updates = self.core.realtime.watch(&site, view, heartbeat).map_err(status)?;
-        Ok(Response::new(Box::pin(
-            updates.map(|update| update.map_err(status)),
-        )))
+        let open = OpenStream::new();
+        Ok(Response::new(Box::pin(updates.map(move |update| {
+            let _counted = &open;
+            update.map_err(status)
+        }))))
     }
 
     async fn run_funnel_report(

@@ -13,6 +13,7 @@ use super::{raw, rollup_exec};
 use crate::convert::micros_to_timestamp;
 use crate::domain::{SiteId, SiteRecord};
 use crate::error::Result;
+use crate::metrics::metrics;
 use crate::rollup::Rollups;
 use crate::storage::Store;
 
@@ -57,12 +58,22 @@ pub async fn run_report(
         metadata.cache_hit = true;
         metadata.cache_age = prost_types::Duration::try_from(age).ok();
         metadata.query_time = prost_types::Duration::try_from(started.elapsed()).ok();
+        metrics().reports.add("cache", 1);
         return Ok(cached);
     }
     let site_id = SiteId::parse(&site.site_id)?;
     let computed = match rollup_exec::run(rollups, &site_id, &plan) {
-        Some(computed) => computed,
-        None => raw::run(store, &site_id, &plan).await?,
+        Some(computed) => {
+            metrics().reports.add("rollups", 1);
+            metrics().report_rollups.since(started);
+            computed
+        }
+        None => {
+            let computed = raw::run(store, &site_id, &plan).await?;
+            metrics().reports.add("raw", 1);
+            metrics().report_raw.since(started);
+            computed
+        }
     };
     let response = assemble(&plan, computed, started);
     let live = plan.all_ranges().any(|r| r.end_micros > now_micros);

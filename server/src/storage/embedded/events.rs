@@ -134,7 +134,11 @@ impl Writer {
                 queued_events += next.events.len();
                 group.push(next);
             }
-            match self.commit_group(&group) {
+            let result = self.commit_group(&group);
+            crate::metrics::metrics()
+                .write_queue
+                .fetch_sub(queued_events as i64, std::sync::atomic::Ordering::Relaxed);
+            match result {
                 Ok(outcomes) => {
                     for (job, outcome) in group.drain(..).zip(outcomes) {
                         let _ = job.reply.send(Ok(outcome));

@@ -326,6 +326,9 @@ impl EventStore for EmbeddedStore {
             .map(|event| events::PreparedEvent::new(site_num, &event))
             .collect::<Result<Vec<_>, _>>()?;
         let (reply, outcome) = oneshot::channel();
+        crate::metrics::metrics()
+            .write_queue
+            .fetch_add(events.len() as i64, std::sync::atomic::Ordering::Relaxed);
         let job = events::WriteJob { events, reply };
         self.writer
             .send(job)
