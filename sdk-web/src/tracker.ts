@@ -67,7 +67,8 @@ export function init(o: TrackerOptions): Tracker {
   };
   let queue = stored();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let sending = false;
+  // 0: idle, 1: a batch is in flight, 2: a keepalive batch is in flight.
+  let sending = 0;
   let backoff = 0;
   let last = "";
   // Tabs share the stored queue: keep what other tabs queued (sending it too is
@@ -90,9 +91,19 @@ export function init(o: TrackerOptions): Tracker {
     timer = setTimeout(() => flush(), ms);
   };
 
+  const drop = () => {
+    queue = [];
+    store?.removeItem(QUEUE);
+  };
+
   async function flush(keepalive?: boolean): Promise<void> {
-    if (!queue.length || (sending && !keepalive)) return;
-    sending = true;
+    // Opted out since these events were queued (in another tab, or by the page
+    // setting the flag itself): they are dropped, not sent.
+    if (off()) return drop();
+    // The page is leaving: send with keepalive even while a batch is in flight
+    // (it may die with the page), but once: pagehide and visibilitychange both fire.
+    if (!queue.length || sending > (keepalive ? 1 : 0)) return;
+    sending = keepalive ? 2 : 1;
     const batch = queue.slice(0, o.batch || 50);
     let retry = true;
     try {
@@ -106,7 +117,7 @@ export function init(o: TrackerOptions): Tracker {
     } catch {
       // network error or server down: keep the batch
     }
-    sending = false;
+    sending = 0;
     if (retry) {
       backoff = Math.min(backoff * 2 || 1000, 30000);
       return schedule(backoff);
@@ -139,8 +150,7 @@ export function init(o: TrackerOptions): Tracker {
     optOut(out) {
       if (out) {
         store?.setItem(OPT_OUT, "1");
-        queue = [];
-        store?.removeItem(QUEUE);
+        drop();
       } else store?.removeItem(OPT_OUT);
     },
   };

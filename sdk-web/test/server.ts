@@ -89,10 +89,10 @@ export class TallyServer {
     return createTallyClient({ baseUrl: this.url, key });
   }
 
-  /** Creates a site (browser origins allowed: any) and returns its ingest and query keys. */
-  async site(siteId: string): Promise<{ ingest: string; query: string }> {
+  /** Creates a site (browser origins allowed: any, unless `settings` say otherwise) and returns its ingest and query keys. */
+  async site(siteId: string, settings: { allowedOrigins?: string[] } = {}): Promise<{ ingest: string; query: string }> {
     const admin = this.client().admin;
-    await admin.createSite({ site: { siteId, domain: `${siteId}.example`, timeZone: "UTC" } });
+    await admin.createSite({ site: { siteId, domain: `${siteId}.example`, timeZone: "UTC", ...settings } });
     const key = async (kind: KeyKind) => (await admin.createApiKey({ kind, siteIds: [siteId] })).secret;
     return { ingest: await key(KeyKind.INGEST), query: await key(KeyKind.QUERY) };
   }
