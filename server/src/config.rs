@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits::RateLimitConfig;
 use crate::pipeline::IngestLimits;
 
 /// Log output format.
@@ -51,6 +52,8 @@ pub struct FileConfig {
     pub geoip_db: Option<OneOrMany>,
     /// Header naming the client address behind a trusted proxy.
     pub client_ip_header: Option<String>,
+    /// Per-key rate limits, scan slots, query timeout.
+    pub rate_limits: Option<RateLimitConfig>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -92,6 +95,8 @@ pub struct Config {
     /// Header carrying the client address (first entry), set by a trusted
     /// reverse proxy, e.g. `x-forwarded-for`; `None`: the connection's peer.
     pub client_ip_header: Option<String>,
+    /// Per-key rate limits, scan slots, query timeout.
+    pub rate_limits: RateLimitConfig,
 }
 
 /// Default listen address.
@@ -110,6 +115,7 @@ impl Default for Config {
             limits: IngestLimits::default(),
             geoip_db: Vec::new(),
             client_ip_header: None,
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -226,6 +232,20 @@ impl Config {
                 message: "must be 1-100000".into(),
             });
         }
+        let rate_limits = file.rate_limits.unwrap_or_default();
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate_ok(rate_limits.events_per_second) || !rate_ok(rate_limits.requests_per_second) {
+            return Err(ConfigError::Invalid {
+                name: "rate_limits",
+                message: "events_per_second and requests_per_second must be 0 (unlimited) or more".into(),
+            });
+        }
+        if rate_limits.max_concurrent_scans == 0 || rate_limits.query_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                name: "rate_limits",
+                message: "max_concurrent_scans and query_timeout_secs must be at least 1".into(),
+            });
+        }
         let client_ip_header = overrides
             .client_ip_header
             .or(file.client_ip_header)
@@ -251,6 +271,7 @@ impl Config {
                 .shutdown_grace_secs
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             limits,
+            rate_limits,
             geoip_db: match (overrides.geoip_db, file.geoip_db) {
                 (given, _) if !given.is_empty() => given,
                 (_, Some(OneOrMany::One(path))) => vec![path],

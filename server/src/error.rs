@@ -41,6 +41,17 @@ pub enum Error {
         /// Suggested delay before a retry.
         retry_after: Duration,
     },
+    /// The caller went over a limit; retrying after the delay may help.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Which limit.
+        message: String,
+        /// When enough capacity will be back.
+        retry_after: Duration,
+    },
+    /// The request took longer than the server allows.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),

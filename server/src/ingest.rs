@@ -49,18 +49,24 @@ impl Ingest {
         self.salts.current(site, now_micros).await
     }
 
-    /// Validates, enriches and stores a batch; returns one verdict per event.
-    pub async fn track(&self, facts: &RequestFacts, events: &[v1::Event]) -> Result<v1::TrackResponse> {
-        if events.len() > self.limits.max_batch_events {
+    /// Refuses a batch of more events than the limit (before any other check:
+    /// such a batch can never be accepted).
+    pub fn check_batch_size(&self, events: usize) -> Result<()> {
+        if events > self.limits.max_batch_events {
             return Err(Error::invalid(
                 "events",
                 format!(
-                    "{} events in one request, the limit is {}",
-                    events.len(),
+                    "{events} events in one request, the limit is {}",
                     self.limits.max_batch_events
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Validates, enriches and stores a batch; returns one verdict per event.
+    pub async fn track(&self, facts: &RequestFacts, events: &[v1::Event]) -> Result<v1::TrackResponse> {
+        self.check_batch_size(events.len())?;
         let site = SiteId::parse(&facts.site.site_id)?;
         let mut results = Vec::with_capacity(events.len());
         let mut accepted_indices = Vec::with_capacity(events.len());

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod query;

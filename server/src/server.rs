@@ -49,6 +49,10 @@ pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Co
     let started = std::time::Instant::now();
     let events = realtime.rebuild(store.as_ref()).await?;
     tracing::info!(events, elapsed = ?started.elapsed(), "realtime window rebuilt from the store");
+    let limits = Arc::new(crate::limits::Limits::new(
+        &config.rate_limits,
+        config.limits.max_batch_events,
+    ));
     let rollups = Arc::new(Rollups::new(true));
     let started = std::time::Instant::now();
     rollups.rebuild(store.as_ref()).await?;
@@ -62,9 +66,10 @@ pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Co
             realtime.clone(),
             rollups.clone(),
         ),
-        query: Query::new(store.clone(), rollups.clone()),
+        query: Query::new(store.clone(), rollups.clone(), limits.clone()),
         realtime,
         admin: Admin::new(store, rollups),
+        limits,
     }))
 }
 

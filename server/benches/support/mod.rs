@@ -20,8 +20,14 @@ pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<Embe
     let addr = listener.local_addr().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
     let served = store.clone();
+    // Unlimited: the benchmarks measure the server, not its rate limits.
     let config = Config {
         admin_key: Some(ADMIN_KEY.into()),
+        rate_limits: tally_server::limits::RateLimitConfig {
+            events_per_second: 0.0,
+            requests_per_second: 0.0,
+            ..Default::default()
+        },
         ..Config::default()
     };
     tokio::spawn(async move {

@@ -22,11 +22,9 @@ impl AdminApi {
     }
 
     async fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.core
-            .principal(request.metadata())
-            .await?
-            .check_admin()
-            .map_err(status)
+        let principal = self.core.principal(request.metadata()).await?;
+        principal.check_admin().map_err(status)?;
+        self.core.limits.request(&principal).map_err(status)
     }
 }
 

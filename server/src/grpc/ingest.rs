@@ -112,6 +112,9 @@ impl IngestService for IngestApi {
         let facts = self
             .facts(&principal, request.metadata(), &request.get_ref().site_id, peer)
             .await?;
+        let events = request.get_ref().events.len();
+        self.core.ingest.check_batch_size(events).map_err(status)?;
+        self.core.limits.ingest(&principal, events).map_err(status)?;
         let response = self
             .core
             .ingest
@@ -138,6 +141,9 @@ impl IngestService for IngestApi {
                 async move {
                     let batch = batch?;
                     let facts = self.facts(principal, metadata, &batch.site_id, peer).await?;
+                    let events = batch.events.len();
+                    self.core.ingest.check_batch_size(events).map_err(status)?;
+                    self.core.limits.ingest(principal, events).map_err(status)?;
                     let response = self
                         .core
                         .ingest

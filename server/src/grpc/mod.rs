@@ -37,6 +37,8 @@ pub struct Core {
     pub realtime: Arc<Realtime>,
     /// Sites and keys.
     pub admin: Admin,
+    /// Rate limits and scan slots.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Shared handle to the core.
@@ -63,6 +65,12 @@ pub fn status(err: Error) -> Status {
             message,
             ErrorDetails::with_retry_info(Some(retry_after)),
         ),
+        Error::ResourceExhausted { message, retry_after } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
+        Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
         Error::Storage(storage) => {
             use crate::storage::StorageError as S;
             match storage {
@@ -103,6 +111,7 @@ impl Core {
         let principal = self.principal(metadata).await?;
         let site = SiteId::parse(site_id).map_err(status)?;
         principal.check_query(&site).map_err(status)?;
+        self.limits.request(&principal).map_err(status)?;
         self.admin.site(&site).await.map_err(status)
     }
 }

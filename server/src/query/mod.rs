@@ -18,6 +18,7 @@ use tally_proto::v1;
 
 use crate::domain::{SiteRecord, now_micros};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::rollup::Rollups;
 use crate::storage::Store;
 use cache::ReportCache;
@@ -27,15 +28,18 @@ pub struct Query {
     store: Arc<dyn Store>,
     rollups: Arc<Rollups>,
     cache: ReportCache,
+    limits: Arc<Limits>,
 }
 
 impl Query {
-    /// A query core over `store` and the `rollups` that ingest keeps.
-    pub fn new(store: Arc<dyn Store>, rollups: Arc<Rollups>) -> Self {
+    /// A query core over `store` and the `rollups` that ingest keeps;
+    /// `limits` bound raw scans.
+    pub fn new(store: Arc<dyn Store>, rollups: Arc<Rollups>, limits: Arc<Limits>) -> Self {
         Self {
             store,
             rollups,
             cache: ReportCache::default(),
+            limits,
         }
     }
 
@@ -54,6 +58,7 @@ impl Query {
             self.store.as_ref(),
             &self.rollups,
             &self.cache,
+            &self.limits,
             site,
             req,
             now_micros(),
@@ -67,7 +72,12 @@ impl Query {
         site: &SiteRecord,
         req: &v1::RunFunnelReportRequest,
     ) -> Result<v1::RunFunnelReportResponse> {
-        funnel::run(self.store.as_ref(), site, req, now_micros()).await
+        let _slot = self.limits.scan_slot().await?;
+        bounded(
+            self.limits.query_timeout,
+            funnel::run(self.store.as_ref(), site, req, now_micros()),
+        )
+        .await
     }
 
     /// Metrics, dimensions and the custom property keys seen on `site`.
@@ -97,4 +107,17 @@ impl Query {
     ) -> Result<v1::ListSessionsResponse> {
         sessions::list_visitor_sessions(self.store.as_ref(), site, req, now_micros()).await
     }
+}
+
+/// Runs `work`, or fails with `DEADLINE_EXCEEDED` once `limit` has passed.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(crate::error::Error::DeadlineExceeded(format!(
+            "the query took longer than the server allows ({} s); narrow the date range or filter",
+            limit.as_secs()
+        )))
+    })
 }

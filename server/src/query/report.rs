@@ -13,6 +13,7 @@ use super::{raw, rollup_exec};
 use crate::convert::micros_to_timestamp;
 use crate::domain::{SiteId, SiteRecord};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::metrics::metrics;
 use crate::rollup::Rollups;
 use crate::storage::Store;
@@ -43,6 +44,7 @@ pub async fn run_report(
     store: &dyn Store,
     rollups: &Rollups,
     cache: &ReportCache,
+    limits: &Limits,
     site: &SiteRecord,
     req: &v1::RunReportRequest,
     now_micros: i64,
@@ -69,7 +71,8 @@ pub async fn run_report(
             computed
         }
         None => {
-            let computed = raw::run(store, &site_id, &plan).await?;
+            let _slot = limits.scan_slot().await?;
+            let computed = super::bounded(limits.query_timeout, raw::run(store, &site_id, &plan)).await?;
             metrics().reports.add("raw", 1);
             metrics().report_raw.since(started);
             computed

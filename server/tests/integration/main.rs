@@ -8,6 +8,7 @@ mod enrichment;
 mod grpc_web;
 mod harness;
 mod ingest;
+mod limits;
 mod metrics;
 mod mmdb;
 mod realtime;
