@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub client_ip_header: Option<String>,
     /// Per-key rate limits, scan slots, query timeout.
     pub rate_limits: Option<RateLimitConfig>,
+    /// OTLP/gRPC endpoint that receives traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -71,6 +73,8 @@ pub struct Overrides {
     pub geoip_db: Vec<PathBuf>,
     /// `--client-ip-header` / `TALLY_CLIENT_IP_HEADER`.
     pub client_ip_header: Option<String>,
+    /// `--otlp-endpoint` / `TALLY_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The validated configuration.
@@ -97,6 +101,8 @@ pub struct Config {
     pub client_ip_header: Option<String>,
     /// Per-key rate limits, scan slots, query timeout.
     pub rate_limits: RateLimitConfig,
+    /// OTLP/gRPC endpoint (`http://host:4317`) that receives traces; `None`: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Default listen address.
@@ -116,6 +122,7 @@ impl Default for Config {
             geoip_db: Vec::new(),
             client_ip_header: None,
             rate_limits: RateLimitConfig::default(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -246,6 +253,18 @@ impl Config {
                 message: "max_concurrent_scans and query_timeout_secs must be at least 1".into(),
             });
         }
+        let otlp_endpoint = overrides
+            .otlp_endpoint
+            .or(file.otlp_endpoint)
+            .filter(|e| !e.is_empty());
+        if let Some(endpoint) = &otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "otlp_endpoint",
+                message: format!("{endpoint:?} is not a URL such as http://127.0.0.1:4317"),
+            });
+        }
         let client_ip_header = overrides
             .client_ip_header
             .or(file.client_ip_header)
@@ -272,6 +291,7 @@ impl Config {
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             limits,
             rate_limits,
+            otlp_endpoint,
             geoip_db: match (overrides.geoip_db, file.geoip_db) {
                 (given, _) if !given.is_empty() => given,
                 (_, Some(OneOrMany::One(path))) => vec![path],

@@ -24,3 +24,4 @@ pub mod script;
 pub mod server;
 pub mod sessions;
 pub mod storage;
+pub mod telemetry;

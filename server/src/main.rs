@@ -53,18 +53,10 @@ struct ServeArgs {
     /// e.g. x-forwarded-for (its first entry is used) [default: the peer address].
     #[arg(long, env = "TALLY_CLIENT_IP_HEADER")]
     client_ip_header: Option<String>,
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    /// OpenTelemetry collector (OTLP over gRPC) that receives a span per RPC
+    /// and store call, e.g. http://127.0.0.1:4317 [default: no export].
+    #[arg(long, env = "TALLY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -93,9 +85,10 @@ async fn main() -> anyhow::Result<()> {
         log_format: args.log_format,
         geoip_db: args.geoip_db,
         client_ip_header: args.client_ip_header,
+        otlp_endpoint: args.otlp_endpoint,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
-    init_logs(config.log_format);
+    let _telemetry = tally_server::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     if config.admin_key.is_none() {
         tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
     }

@@ -146,6 +146,7 @@ pub async fn run(
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let serve = tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::request_span)
         .accept_http1(true)
         .layer(cors())
         // Before grpc-web too: `GET /metrics` is plain HTTP.

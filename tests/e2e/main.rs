@@ -6,3 +6,4 @@ mod durability;
 mod grpcurl;
 mod process;
 mod shutdown;
+mod telemetry;

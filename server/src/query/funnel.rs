@@ -115,6 +115,7 @@ fn attempt(events: &[(i64, u32)], start: usize, first_step: usize, steps: usize,
 }
 
 /// Runs a funnel report.
+#[tracing::instrument(name = "report.funnel", skip_all, fields(site = %site.site_id, steps = req.steps.len()))]
 pub async fn run(
     store: &dyn Store,
     site: &SiteRecord,

@@ -150,6 +150,7 @@ pub fn in_sample(visitor: u64, rate: f64) -> bool {
 }
 
 /// Runs a report over raw events.
+#[tracing::instrument(name = "report.raw", skip_all, fields(site = %site))]
 pub async fn run(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Computed> {
     let (scan_from, scan_to) = plan.span();
     let ranges: Vec<_> = plan.all_ranges().collect();

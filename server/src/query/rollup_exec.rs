@@ -236,6 +236,7 @@ fn group<'a>(
 }
 
 /// Answers the plan from the rollups, or `None` when they do not cover it.
+#[tracing::instrument(name = "report.rollups", skip_all, fields(site = %site))]
 pub fn run(rollups: &Rollups, site: &SiteId, plan: &Plan) -> Option<Computed> {
     rollups.read(site.as_str(), |r| run_on(r, plan)).flatten()
 }

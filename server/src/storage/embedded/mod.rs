@@ -310,6 +310,7 @@ fn decode_key(value: &[u8]) -> Result<KeyRecord, StorageError> {
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
+    #[tracing::instrument(name = "store.append", skip_all, fields(site = %site, events = events.len()))]
     async fn append(
         &self,
         site: &SiteId,
@@ -513,6 +514,7 @@ impl KeyStore for EmbeddedStore {
 
 #[async_trait]
 impl SessionStore for EmbeddedStore {
+    #[tracing::instrument(name = "store.sessionize", skip_all, fields(site = %site, events = events.len()))]
     async fn sessionize(
         &self,
         site: &SiteId,
