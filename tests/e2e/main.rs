@@ -5,5 +5,6 @@ mod chaos;
 mod durability;
 mod grpcurl;
 mod process;
+mod recipes;
 mod shutdown;
 mod telemetry;
