@@ -306,6 +306,7 @@ impl KeyKind {
             kind: kind as i32,
             site_ids,
             name,
+            ..Default::default()
         }
     }
 }

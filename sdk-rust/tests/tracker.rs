@@ -74,6 +74,7 @@ async fn site(addr: SocketAddr) -> String {
         kind: v1::KeyKind::Ingest as i32,
         site_ids: vec!["s".into()],
         name: "sdk".into(),
+        ..Default::default()
     };
     admin.create_api_key(request).await.unwrap().secret
 }

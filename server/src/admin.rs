@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tally_proto::v1;
 
-use crate::auth::hash_secret;
+use crate::auth::{Authenticator, hash_secret};
 use crate::convert::{micros_to_timestamp, recorded_event, timestamp_to_micros};
 use crate::domain::{KeyKind, KeyRecord, SaltPolicy, SiteId, SiteRecord, now_micros};
 use crate::error::{Error, FieldViolation, Result};
@@ -103,6 +103,16 @@ impl Admin {
             let id = SiteId::parse(site).map_err(|e| e.in_field(&format!("site_ids[{i}]")))?;
             self.site(&id).await?;
         }
+        let expire_micros = match &req.expire_time {
+            None => 0,
+            Some(t) => {
+                let at = timestamp_to_micros(t);
+                if at <= now_micros() {
+                    return Err(Error::invalid("expire_time", "expire_time must be in the future"));
+                }
+                at
+            }
+        };
         let secret = format!("tly_{}_{}", kind.tag(), hex::encode(rand::random::<[u8; 20]>()));
         let record = KeyRecord {
             key_id: format!("key_{}", hex::encode(rand::random::<[u8; 6]>())),
@@ -113,6 +123,8 @@ impl Admin {
             secret_hash: hash_secret(&secret).to_vec(),
             create_micros: now_micros(),
             revoke_micros: 0,
+            expire_micros,
+            last_used_micros: 0,
         };
         self.store.put_key(record.clone()).await?;
         tracing::info!(key = %record.key_id, kind = ?kind, "api key created");
@@ -123,12 +135,17 @@ impl Admin {
     }
 
     /// Keys, optionally of one site.
-    pub async fn list_keys(&self, site_id: &str) -> Result<Vec<v1::ApiKey>> {
+    ///
+    /// `auth` knows uses of the last minute that are not stored yet.
+    pub async fn list_keys(&self, site_id: &str, auth: &Authenticator) -> Result<Vec<v1::ApiKey>> {
         let keys = self.store.list_keys().await?;
         Ok(keys
-            .iter()
+            .into_iter()
             .filter(|k| site_id.is_empty() || k.site_ids.iter().any(|s| s == site_id))
-            .map(key_to_proto)
+            .map(|mut k| {
+                k.last_used_micros = auth.last_used(&k);
+                key_to_proto(&k)
+            })
             .collect())
     }
 
@@ -375,5 +392,7 @@ fn key_to_proto(record: &KeyRecord) -> v1::ApiKey {
         prefix: record.prefix.clone(),
         create_time: Some(micros_to_timestamp(record.create_micros)),
         revoke_time: (record.revoke_micros != 0).then(|| micros_to_timestamp(record.revoke_micros)),
+        expire_time: (record.expire_micros != 0).then(|| micros_to_timestamp(record.expire_micros)),
+        last_used_time: (record.last_used_micros != 0).then(|| micros_to_timestamp(record.last_used_micros)),
     }
 }

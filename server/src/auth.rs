@@ -91,7 +91,11 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     operator_hash: Option<blake3::Hash>,
+    /// Last use per key id, to the minute, not yet written to the store.
+    last_used: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
+
+const MINUTE_MICROS: i64 = 60_000_000;
 
 impl Authenticator {
     /// An authenticator; `operator_key` enables the operator principal.
@@ -99,7 +103,44 @@ impl Authenticator {
         Self {
             store,
             operator_hash: operator_key.map(|k| blake3::hash(k.as_bytes())),
+            last_used: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// When the key was last used: what this instance saw, or what is stored.
+    pub fn last_used(&self, key: &KeyRecord) -> i64 {
+        let seen = self
+            .last_used
+            .lock()
+            .expect("auth lock")
+            .get(&key.key_id)
+            .copied();
+        seen.unwrap_or(0).max(key.last_used_micros)
+    }
+
+    /// Writes the last uses seen since the previous call to the store (call
+    /// about once a minute, and at shutdown).
+    pub async fn flush_last_used(&self) -> Result<()> {
+        let pending: Vec<(String, i64)> = self.last_used.lock().expect("auth lock").drain().collect();
+        for (key_id, at) in pending {
+            if let Some(mut key) = self.store.get_key(&key_id).await?
+                && key.last_used_micros < at
+            {
+                key.last_used_micros = at;
+                self.store.put_key(key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn note_use(&self, key: &KeyRecord, now: i64) {
+        let minute = now - now.rem_euclid(MINUTE_MICROS);
+        if key.last_used_micros >= minute {
+            return;
+        }
+        let mut seen = self.last_used.lock().expect("auth lock");
+        let entry = seen.entry(key.key_id.clone()).or_insert(0);
+        *entry = (*entry).max(minute);
     }
 
     /// Checks a bearer token.
@@ -114,9 +155,19 @@ impl Authenticator {
         if self.operator_hash == Some(hash) {
             return Ok(Principal::Operator);
         }
+        let now = crate::domain::now_micros();
         match self.store.key_by_hash(hash.as_bytes()).await? {
-            Some(key) if key.revoke_micros == 0 => Ok(Principal::Key(key)),
-            Some(_) => Err(Error::Unauthenticated("API key was revoked".into())),
+            Some(key) if key.revoke_micros != 0 => Err(Error::Unauthenticated("API key was revoked".into())),
+            Some(key) if key.expire_micros != 0 && key.expire_micros <= now => {
+                Err(Error::Unauthenticated(format!(
+                    "API key expired at {}",
+                    crate::convert::rfc3339(key.expire_micros)
+                )))
+            }
+            Some(key) => {
+                self.note_use(&key, now);
+                Ok(Principal::Key(key))
+            }
             None => Err(Error::Unauthenticated("unknown API key".into())),
         }
     }

@@ -13,6 +13,13 @@ pub fn micros_to_timestamp(micros: i64) -> Timestamp {
     }
 }
 
+/// Microseconds since the Unix epoch as RFC 3339 UTC text, to the second.
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
 /// A protobuf timestamp as microseconds since the Unix epoch (saturating).
 pub fn timestamp_to_micros(ts: &Timestamp) -> i64 {
     ts.seconds

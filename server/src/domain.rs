@@ -404,6 +404,12 @@ pub struct KeyRecord {
     /// Revocation time; 0 while active.
     #[prost(int64, tag = "8")]
     pub revoke_micros: i64,
+    /// Expiry time; 0: never.
+    #[prost(int64, tag = "9")]
+    pub expire_micros: i64,
+    /// Last authenticated use, to the minute; 0: never.
+    #[prost(int64, tag = "10")]
+    pub last_used_micros: i64,
 }
 
 impl KeyRecord {

@@ -101,6 +101,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let core = build_core(config, store).await?;
+    let core_for_flush = core.clone();
     let max = config.max_message_bytes;
 
     let reflection = || {
@@ -163,11 +164,27 @@ pub async fn run(
         )
         .add_service(QueryServiceServer::new(QueryApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(SessionServiceServer::new(SessionApi::new(core.clone())).max_decoding_message_size(max))
-        .add_service(AdminServiceServer::new(AdminApi::new(core)).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(AdminApi::new(core.clone())).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(incoming, shutdown);
+    // Key uses are written once a minute, and once more when the server stops.
+    let auth_core = core_for_flush.clone();
+    let flusher = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(err) = auth_core.auth.flush_last_used().await {
+                tracing::warn!(error = %err, "writing key uses failed; will retry");
+            }
+        }
+    });
     tokio::select! {
         served = serve => served?,
         () = grace_over => tracing::warn!("grace period over: closing the remaining connections"),
+    }
+    flusher.abort();
+    if let Err(err) = core_for_flush.auth.flush_last_used().await {
+        tracing::warn!(error = %err, "writing key uses failed");
     }
     tracing::info!("stopped");
     Ok(())

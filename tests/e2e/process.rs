@@ -140,6 +140,7 @@ pub async fn site_with_ingest_key(channel: Channel, site: &str) -> String {
         kind: v1::KeyKind::Ingest as i32,
         site_ids: vec![site.into()],
         name: "e2e".into(),
+        ..Default::default()
     };
     admin
         .create_api_key(authed(ADMIN_KEY, request))

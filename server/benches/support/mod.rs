@@ -50,6 +50,7 @@ pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<Embe
         kind: v1::KeyKind::Ingest as i32,
         site_ids: vec!["bench".into()],
         name: "bench".into(),
+        ..Default::default()
     };
     let secret = admin
         .create_api_key(authed(ADMIN_KEY, key))

@@ -97,7 +97,7 @@ impl AdminService for AdminApi {
         let keys = self
             .core
             .admin
-            .list_keys(&request.get_ref().site_id)
+            .list_keys(&request.get_ref().site_id, &self.core.auth)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::ListApiKeysResponse { keys }))

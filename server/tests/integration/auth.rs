@@ -297,3 +297,95 @@ async fn every_bad_site_setting_is_reported_at_once() {
     assert!(violations[0].description.contains("required"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_and_record_their_last_use() {
+    let server = TestServer::start().await;
+    server.site("x", "UTC").await;
+    let now = now_micros();
+    let create = |expire: i64| v1::CreateApiKeyRequest {
+        kind: v1::KeyKind::Query as i32,
+        site_ids: vec!["x".into()],
+        name: "short-lived".into(),
+        expire_time: Some(ts(expire)),
+    };
+    let past = server
+        .admin()
+        .create_api_key(authed(ADMIN_KEY, create(now - 1_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::InvalidArgument);
+    assert!(past.message().contains("expire_time"));
+
+    let expire = now + 1_500_000;
+    let created = server
+        .admin()
+        .create_api_key(authed(ADMIN_KEY, create(expire)))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.key.unwrap();
+    assert_eq!(key.expire_time, Some(ts(expire)));
+    assert_eq!(key.last_used_time, None, "a new key was never used");
+    let request = || v1::RunReportRequest {
+        site_id: "x".into(),
+        metrics: vec![v1::Metric::Pageviews as i32],
+        ..Default::default()
+    };
+    server
+        .query()
+        .run_report(authed(&created.secret, request()))
+        .await
+        .unwrap();
+    let listed = server
+        .admin()
+        .list_api_keys(authed(ADMIN_KEY, v1::ListApiKeysRequest { site_id: "x".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let used = listed.keys.iter().find(|k| k.key_id == key.key_id).unwrap();
+    let last_used = tally_server::convert::timestamp_to_micros(used.last_used_time.as_ref().unwrap());
+    // Kept to the minute.
+    assert_eq!(last_used % 60_000_000, 0);
+    assert!(last_used <= now_micros() && last_used > now - 60_000_000);
+
+    tokio::time::sleep(std::time::Duration::from_micros(
+        (expire - now_micros()).max(0) as u64 + 50_000,
+    ))
+    .await;
+    let expired = server
+        .query()
+        .run_report(authed(&created.secret, request()))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::Unauthenticated);
+    assert!(expired.message().contains("expired"), "{}", expired.message());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_uses_are_written_to_the_store() {
+    use tally_server::auth::{Authenticator, hash_secret};
+    use tally_server::storage::KeyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(tally_server::storage::embedded::EmbeddedStore::open(dir.path()).unwrap());
+    let secret = "tly_qry_0123456789abcdef";
+    store
+        .put_key(tally_server::domain::KeyRecord {
+            key_id: "key_1".into(),
+            kind: v1::KeyKind::Query as i32,
+            site_ids: vec!["x".into()],
+            secret_hash: hash_secret(secret).to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let auth = Authenticator::new(store.clone(), None);
+    auth.authenticate(Some(secret)).await.unwrap();
+    assert_eq!(store.get_key("key_1").await.unwrap().unwrap().last_used_micros, 0);
+    auth.flush_last_used().await.unwrap();
+    let stored = store.get_key("key_1").await.unwrap().unwrap().last_used_micros;
+    let now = now_micros();
+    assert!(stored > now - 60_000_000 && stored <= now, "{stored}");
+}

@@ -95,6 +95,7 @@ impl TestServer {
             kind: kind as i32,
             site_ids: sites.iter().map(|s| s.to_string()).collect(),
             name: "test".into(),
+            ..Default::default()
         };
         self.admin()
             .create_api_key(authed(ADMIN_KEY, request))
