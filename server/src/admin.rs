@@ -11,7 +11,7 @@ use crate::convert::{micros_to_timestamp, recorded_event, timestamp_to_micros};
 use crate::domain::{KeyKind, KeyRecord, SaltPolicy, SiteId, SiteRecord, now_micros};
 use crate::error::{Error, FieldViolation, Result};
 use crate::rollup::Rollups;
-use crate::storage::Store;
+use crate::storage::{Erase, Store};
 
 const DEFAULT_RETENTION_DAYS: i32 = 425;
 const DEFAULT_SESSION_TIMEOUT_MINUTES: i32 = 30;
@@ -160,6 +160,54 @@ impl Admin {
             tracing::info!(key = %record.key_id, "api key revoked");
         }
         Ok(key_to_proto(&record))
+    }
+
+    /// Erases one person's events of a site (GDPR): by visitor id, or by
+    /// user id together with the visitor ids that carried it. The site's
+    /// rollups are rebuilt without them before this returns.
+    pub async fn delete_visitor_data(&self, req: &v1::DeleteVisitorDataRequest) -> Result<u64> {
+        let id = SiteId::parse(&req.site_id).map_err(|e| e.in_field("site_id"))?;
+        let site = self.site(&id).await?;
+        let who = match (req.visitor_id.trim(), req.user_id.trim()) {
+            ("", "") => {
+                return Err(Error::invalid("visitor_id", "visitor_id or user_id is required"));
+            }
+            (v, "") => match u64::from_str_radix(v, 16) {
+                Ok(n) if v.len() == 16 => Erase::Visitor(n),
+                _ => {
+                    return Err(Error::invalid(
+                        "visitor_id",
+                        format!("{v:?} is not a visitor id (16 hex digits, as in RecordedEvent.visitor_id)"),
+                    ));
+                }
+            },
+            ("", u) => Erase::User(u.to_owned()),
+            _ => return Err(Error::invalid("user_id", "set visitor_id or user_id, not both")),
+        };
+        let deleted = self.store.erase(&id, &who).await?;
+        self.rollups.rebuild_site(self.store.as_ref(), &site).await?;
+        tracing::info!(site = %id, deleted, "visitor data erased");
+        Ok(deleted)
+    }
+
+    /// Deletes every site's events older than its retention (`retention_days`,
+    /// by event time); returns how many. Run about hourly.
+    pub async fn sweep_retention(&self, now_micros: i64) -> Result<u64> {
+        let mut total = 0;
+        for site in self.store.list_sites().await? {
+            if site.retention_days <= 0 {
+                continue;
+            }
+            let id = SiteId::parse(&site.site_id)?;
+            let cut = now_micros - i64::from(site.retention_days) * 86_400_000_000;
+            let deleted = self.store.expire(&id, cut).await?;
+            self.rollups.forget_before(&site.site_id, cut);
+            if deleted > 0 {
+                tracing::info!(site = %id, deleted, retention_days = site.retention_days, "retention: old events deleted");
+            }
+            total += deleted;
+        }
+        Ok(total)
     }
 
     /// Streams a site's raw events, `chunk_size` at a time.

@@ -166,13 +166,20 @@ pub async fn run(
         .add_service(SessionServiceServer::new(SessionApi::new(core.clone())).max_decoding_message_size(max))
         .add_service(AdminServiceServer::new(AdminApi::new(core.clone())).max_decoding_message_size(max))
         .serve_with_incoming_shutdown(incoming, shutdown);
-    // Key uses are written once a minute, and once more when the server stops.
+    // Key uses are written once a minute, and once more when the server stops;
+    // retention runs at start-up and then hourly.
     let auth_core = core_for_flush.clone();
     let flusher = tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-        every.tick().await;
+        let mut minutes = 0u64;
         loop {
             every.tick().await;
+            if minutes.is_multiple_of(60)
+                && let Err(err) = auth_core.admin.sweep_retention(crate::domain::now_micros()).await
+            {
+                tracing::warn!(error = %err, "retention sweep failed; will retry");
+            }
+            minutes += 1;
             if let Err(err) = auth_core.auth.flush_last_used().await {
                 tracing::warn!(error = %err, "writing key uses failed; will retry");
             }

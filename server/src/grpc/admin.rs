@@ -122,7 +122,17 @@ impl AdminService for AdminApi {
         request: Request<v1::DeleteVisitorDataRequest>,
     ) -> Result<Response<v1::DeleteVisitorDataResponse>, Status> {
         self.authorize(&request).await?;
-        Err(Status::unimplemented("visitor data erasure is not available yet"))
+        let events_deleted = self
+            .core
+            .admin
+            .delete_visitor_data(request.get_ref())
+            .await
+            .map_err(status)?;
+        // Cached answers may still count the erased events.
+        self.core.query.cache().clear();
+        Ok(Response::new(v1::DeleteVisitorDataResponse {
+            events_deleted: events_deleted as i64,
+        }))
     }
 
     type ExportEventsStream = ExportStream;

@@ -193,6 +193,8 @@ impl SiteRollups {
 
 struct Entry {
     rollups: RwLock<Option<SiteRollups>>,
+    /// While a rebuild scans: the events ingest stored meanwhile.
+    rebuilding: std::sync::Mutex<Option<Vec<StoredEvent>>>,
     generation: AtomicU64,
     old_generation: AtomicU64,
 }
@@ -234,6 +236,7 @@ impl Rollups {
             .or_insert_with(|| {
                 Arc::new(Entry {
                     rollups: RwLock::new(None),
+                    rebuilding: std::sync::Mutex::new(None),
                     generation: AtomicU64::new(0),
                     old_generation: AtomicU64::new(0),
                 })
@@ -243,34 +246,95 @@ impl Rollups {
 
     /// Rebuilds every site's rollups from its raw events. Call before ingest starts.
     pub async fn rebuild(&self, store: &dyn Store) -> Result<(), StorageError> {
+        for site in store.list_sites().await? {
+            self.rebuild_site(store, &site).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds one site's rollups from its raw events (after events were
+    /// deleted: sketches cannot forget). Reports are answered from raw
+    /// events while it runs. Events ingested meanwhile are kept aside and
+    /// added at the end unless the scan already saw them (by event id, among
+    /// the events received since the rebuild began), so none counts twice
+    /// and none is missed.
+    pub async fn rebuild_site(&self, store: &dyn Store, site: &SiteRecord) -> Result<(), StorageError> {
+        let entry = self.entry(&site.site_id);
+        entry.generation.fetch_add(1, Ordering::Release);
+        entry.old_generation.fetch_add(1, Ordering::Release);
         if !self.enabled {
             return Ok(());
         }
-        for site in store.list_sites().await? {
-            let started = std::time::Instant::now();
-            let Ok(id) = SiteId::parse(&site.site_id) else {
-                continue;
-            };
-            let mut rollups = SiteRollups::new(site_tz(&site));
-            let mut events = 0u64;
-            let mut chunks = store.scan(&id, i64::MIN, i64::MAX);
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                events += chunk.len() as u64;
-                chunk.iter().for_each(|e| rollups.apply(e));
-            }
-            if events > 0 {
-                tracing::info!(
-                    site = %site.site_id,
-                    events,
-                    bytes = rollups.heap_bytes(),
-                    seconds = started.elapsed().as_secs_f64(),
-                    "rollups rebuilt"
-                );
-            }
-            *self.entry(&site.site_id).rollups.write().expect("rollups lock") = Some(rollups);
+        let Ok(id) = SiteId::parse(&site.site_id) else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let began = now_micros();
+        {
+            let mut guard = entry.rollups.write().expect("rollups lock");
+            *guard = None;
+            *entry.rebuilding.lock().expect("rollups lock") = Some(Vec::new());
         }
+        let mut rollups = SiteRollups::new(site_tz(site));
+        let mut events = 0u64;
+        let mut recent = std::collections::HashSet::new();
+        let mut chunks = store.scan(&id, i64::MIN, i64::MAX);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    *entry.rebuilding.lock().expect("rollups lock") = None;
+                    return Err(err);
+                }
+            };
+            events += chunk.len() as u64;
+            for e in &chunk {
+                rollups.apply(e);
+                // Received since the rebuild began (a second of clock margin).
+                if e.received_micros >= began - 1_000_000 {
+                    recent.insert(e.event_id.clone());
+                }
+            }
+        }
+        let mut guard = entry.rollups.write().expect("rollups lock");
+        let pending = entry
+            .rebuilding
+            .lock()
+            .expect("rollups lock")
+            .take()
+            .unwrap_or_default();
+        for e in pending.iter().filter(|e| !recent.contains(&e.event_id)) {
+            rollups.apply(e);
+        }
+        if events > 0 {
+            tracing::info!(
+                site = %site.site_id,
+                events,
+                bytes = rollups.heap_bytes(),
+                seconds = started.elapsed().as_secs_f64(),
+                "rollups rebuilt"
+            );
+        }
+        *guard = Some(rollups);
         Ok(())
+    }
+
+    /// Drops a site's buckets that end before `before_micros` (retention).
+    pub fn forget_before(&self, site: &str, before_micros: i64) {
+        let entry = self.entry(site);
+        entry.generation.fetch_add(1, Ordering::Release);
+        entry.old_generation.fetch_add(1, Ordering::Release);
+        let mut guard = entry.rollups.write().expect("rollups lock");
+        let Some(rollups) = guard.as_mut() else {
+            return;
+        };
+        let first_hour = before_micros.div_euclid(HOUR_MICROS);
+        rollups.hours = rollups.hours.split_off(&first_hour);
+        // A day partly before the cut is kept whole: it still has events.
+        if let Some(cut) = Utc.timestamp_micros(before_micros).single() {
+            let first_day = cut.with_timezone(&rollups.tz).date_naive();
+            rollups.days = rollups.days.split_off(&first_day);
+        }
     }
 
     /// A new site, or a site whose time zone changed: its day buckets start
@@ -298,10 +362,13 @@ impl Rollups {
         let mut late = false;
         {
             let mut guard = entry.rollups.write().expect("rollups lock");
+            let mut rebuilding = entry.rebuilding.lock().expect("rollups lock");
             for e in events {
                 late |= e.ts_micros < now - LATE_MICROS;
-                if let Some(rollups) = guard.as_mut() {
-                    rollups.apply(e);
+                match (guard.as_mut(), rebuilding.as_mut()) {
+                    (Some(rollups), _) => rollups.apply(e),
+                    (None, Some(pending)) => pending.push(e.clone()),
+                    (None, None) => {}
                 }
             }
         }

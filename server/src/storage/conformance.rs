@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use super::{AppendOutcome, Store};
+use super::{AppendOutcome, Erase, Store};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
 
 type CaseFn = fn(Arc<dyn Store>) -> futures::future::BoxFuture<'static, ()>;
@@ -38,6 +38,8 @@ pub fn cases() -> Vec<Case> {
         salts_are_shared_and_dropped,
         site_privacy_settings_round_trip,
         visits_continue_across_calls,
+        erasure_removes_a_visitor_or_a_user_and_keeps_their_ids_known,
+        expiry_removes_events_older_than_the_cut,
     ]
 }
 
@@ -376,4 +378,67 @@ async fn visits_continue_across_calls(store: Arc<dyn Store>) {
         late.iter()
             .all(|e| e.session == late[0].session && e.session_start == late[1].ts_micros)
     );
+}
+
+async fn erasure_removes_a_visitor_or_a_user_and_keeps_their_ids_known(store: Arc<dyn Store>) {
+    let site = with_site(&store, "e").await;
+    let other = with_site(&store, "f").await;
+    let hour = 3_600_000_000;
+    // Visitor 7 over two hours; visitor 8 signs in as "ada" after an anonymous
+    // page view; visitor 9 stays.
+    let mut events = vec![
+        event(1, -2 * hour),
+        event(2, -hour),
+        event(3, 0),
+        event(4, 10),
+        event(5, 20),
+    ];
+    for e in &mut events[..2] {
+        e.visitor = 7;
+    }
+    events[2].visitor = 8;
+    events[3].visitor = 8;
+    events[3].user_id = "ada".into();
+    events[4].visitor = 9;
+    store.append(&site, events.clone()).await.unwrap();
+    // The same visitor id on another site is someone else.
+    let mut elsewhere = event(6, 0);
+    elsewhere.visitor = 7;
+    store.append(&other, vec![elsewhere]).await.unwrap();
+
+    assert_eq!(store.erase(&site, &Erase::Visitor(7)).await.unwrap(), 2);
+    assert_eq!(store.erase(&site, &Erase::User("ada".into())).await.unwrap(), 2);
+    assert_eq!(
+        store.erase(&site, &Erase::User("nobody".into())).await.unwrap(),
+        0
+    );
+    let left: Vec<u64> = scan_all(&store, &site, i64::MIN, i64::MAX)
+        .await
+        .iter()
+        .map(|e| e.visitor)
+        .collect();
+    assert_eq!(left, vec![9]);
+    assert_eq!(scan_all(&store, &other, i64::MIN, i64::MAX).await.len(), 1);
+    // A client still retrying an erased event does not bring it back.
+    let again = store.append(&site, vec![events[0].clone()]).await.unwrap();
+    assert_eq!(again, vec![AppendOutcome::Duplicate]);
+}
+
+async fn expiry_removes_events_older_than_the_cut(store: Arc<dyn Store>) {
+    let site = with_site(&store, "x").await;
+    let hour = 3_600_000_000;
+    let events = vec![
+        event(1, -30 * hour),
+        event(2, -26 * hour),
+        event(3, -hour),
+        event(4, 0),
+    ];
+    store.append(&site, events).await.unwrap();
+    store.expire(&site, base() - 24 * hour).await.unwrap();
+    let left: Vec<i64> = scan_all(&store, &site, i64::MIN, i64::MAX)
+        .await
+        .iter()
+        .map(|e| e.ts_micros - base())
+        .collect();
+    assert_eq!(left, vec![-hour, 0]);
 }

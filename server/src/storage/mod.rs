@@ -40,6 +40,16 @@ pub enum AppendOutcome {
     Duplicate,
 }
 
+/// Whose events an erasure removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Erase {
+    /// Every event of this visitor id.
+    Visitor(u64),
+    /// Every event with this user id, and every event of a visitor id that
+    /// ever carried it (the anonymous events before they signed in).
+    User(String),
+}
+
 /// A stream of event chunks in timestamp order.
 pub type EventChunks = Pin<Box<dyn Stream<Item = Result<Vec<StoredEvent>, StorageError>> + Send>>;
 
@@ -60,6 +70,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Streams a site's events with timestamps in `[from_micros, to_micros)`,
     /// ordered by timestamp, then event id.
     fn scan(&self, site: &SiteId, from_micros: i64, to_micros: i64) -> EventChunks;
+
+    /// Deletes a person's events of a site, durably (GDPR erasure); returns
+    /// how many. Their event ids stay known as duplicates, so a client that
+    /// still retries one does not bring it back.
+    async fn erase(&self, site: &SiteId, who: &Erase) -> Result<u64, StorageError>;
+
+    /// Deletes a site's events with timestamps before `before_micros`
+    /// (retention); returns how many, when the backend counts them (a
+    /// backend that expires rows by itself may return 0).
+    async fn expire(&self, site: &SiteId, before_micros: i64) -> Result<u64, StorageError>;
 }
 
 /// Sites and their settings.

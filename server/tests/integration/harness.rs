@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tally_proto::v1::{
     self, admin_service_client::AdminServiceClient, ingest_service_client::IngestServiceClient,
-    query_service_client::QueryServiceClient,
+    query_service_client::QueryServiceClient, session_service_client::SessionServiceClient,
 };
 use tally_server::config::Config;
 use tally_server::storage::embedded::EmbeddedStore;
@@ -73,6 +73,10 @@ impl TestServer {
 
     pub fn query(&self) -> QueryServiceClient<Channel> {
         QueryServiceClient::new(self.channel.clone())
+    }
+
+    pub fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel.clone())
     }
 
     /// Creates a site as the operator.

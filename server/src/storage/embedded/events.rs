@@ -267,6 +267,95 @@ pub fn scan_with(
     Ok(())
 }
 
+/// Rewrites the packs of `site_num` without the events `drop` selects (all
+/// of them: `drop` sees every event of the site, oldest first, and may learn
+/// from the events it has seen, e.g. a user's visitor ids). One durable
+/// batch per 256 packs changed. Returns how many events were deleted.
+pub fn rewrite(
+    db: &Database,
+    events: &Keyspace,
+    site_num: u32,
+    from_micros: i64,
+    to_micros: i64,
+    mut drop: impl FnMut(&StoredEvent) -> bool,
+) -> Result<u64, StorageError> {
+    if from_micros >= to_micros {
+        return Ok(0);
+    }
+    let low = pack_key(site_num, from_micros.div_euclid(MINUTE_MICROS), 0);
+    let high = pack_key(site_num, (to_micros - 1).div_euclid(MINUTE_MICROS), u64::MAX);
+    let mut deleted = 0u64;
+    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+    let mut changed = 0usize;
+    for guard in events.range(low..=high) {
+        let (key, value) = guard.into_inner()?;
+        let mut bytes = value.as_ref();
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut dropped = 0u64;
+        while !bytes.is_empty() {
+            let start = bytes;
+            let event = StoredEvent::decode_length_delimited(&mut bytes)
+                .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
+            let encoded = &start[..start.len() - bytes.len()];
+            if drop(&event) {
+                dropped += 1;
+            } else {
+                kept.extend_from_slice(encoded);
+            }
+        }
+        if dropped == 0 {
+            continue;
+        }
+        deleted += dropped;
+        if kept.is_empty() {
+            batch.remove(events, key.to_vec());
+        } else {
+            batch.insert(events, key.to_vec(), kept);
+        }
+        changed += 1;
+        if changed.is_multiple_of(256) {
+            std::mem::replace(&mut batch, db.batch().durability(Some(PersistMode::SyncData))).commit()?;
+        }
+    }
+    batch.commit()?;
+    Ok(deleted)
+}
+
+/// Deletes the packs of `site_num` whose minute ends before `before_micros`;
+/// returns the number of events they held.
+pub fn expire(
+    db: &Database,
+    events: &Keyspace,
+    site_num: u32,
+    before_micros: i64,
+) -> Result<u64, StorageError> {
+    let first_kept_minute = before_micros.div_euclid(MINUTE_MICROS);
+    let low = pack_key(site_num, i64::MIN / MINUTE_MICROS, 0);
+    let high = pack_key(site_num, first_kept_minute, 0);
+    let mut deleted = 0u64;
+    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+    let mut removed = 0usize;
+    for guard in events.range(low..high) {
+        let (key, value) = guard.into_inner()?;
+        let mut bytes = value.as_ref();
+        while !bytes.is_empty() {
+            let length = prost::encoding::decode_varint(&mut bytes)
+                .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
+            bytes = bytes
+                .get(length as usize..)
+                .ok_or_else(|| StorageError::Corrupt("event pack cut short".into()))?;
+            deleted += 1;
+        }
+        batch.remove(events, key.to_vec());
+        removed += 1;
+        if removed.is_multiple_of(1024) {
+            std::mem::replace(&mut batch, db.batch().durability(Some(PersistMode::SyncData))).commit()?;
+        }
+    }
+    batch.commit()?;
+    Ok(deleted)
+}
+
 /// Signed integers as big-endian-sortable unsigned ones.
 pub fn encode_i64(value: i64) -> u64 {
     (value as u64) ^ (1 << 63)

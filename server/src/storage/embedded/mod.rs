@@ -29,7 +29,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AppendOutcome, EventChunks, EventStore, KeyStore, SessionStore, SiteStore, StorageError};
+use super::{AppendOutcome, Erase, EventChunks, EventStore, KeyStore, SessionStore, SiteStore, StorageError};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
 use crate::sessions::{self, VisitorVisits};
 
@@ -351,6 +351,54 @@ impl EventStore for EmbeddedStore {
             });
         }
         Box::pin(ReceiverStream::new(rx))
+    }
+
+    #[tracing::instrument(name = "store.erase", skip_all, fields(site = %site))]
+    async fn erase(&self, site: &SiteId, who: &Erase) -> Result<u64, StorageError> {
+        let site_num = self
+            .site_num(site)
+            .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
+        let who = who.clone();
+        self.blocking(move |inner| {
+            let everything = (i64::MIN / 2, i64::MAX / 2);
+            match who {
+                Erase::Visitor(visitor) => events::rewrite(
+                    &inner.db,
+                    &inner.events,
+                    site_num,
+                    everything.0,
+                    everything.1,
+                    |e| e.visitor == visitor,
+                ),
+                Erase::User(user) => {
+                    // First the visitor ids that ever carried the user id, then
+                    // every event of those visitors or with the user id.
+                    let mut visitors = std::collections::HashSet::new();
+                    events::scan_with(&inner.events, site_num, everything.0, everything.1, |chunk| {
+                        visitors.extend(chunk.iter().filter(|e| e.user_id == user).map(|e| e.visitor));
+                        true
+                    })?;
+                    events::rewrite(
+                        &inner.db,
+                        &inner.events,
+                        site_num,
+                        everything.0,
+                        everything.1,
+                        |e| e.user_id == user || visitors.contains(&e.visitor),
+                    )
+                }
+            }
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "store.expire", skip_all, fields(site = %site))]
+    async fn expire(&self, site: &SiteId, before_micros: i64) -> Result<u64, StorageError> {
+        let site_num = self
+            .site_num(site)
+            .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
+        self.blocking(move |inner| events::expire(&inner.db, &inner.events, site_num, before_micros))
+            .await
     }
 }
 
