@@ -462,6 +462,12 @@ test("outbound and download clicks are custom events with the link as url, only 
     pagesWanted[`/${c.prefix}/start`] = 1;
     pagesWanted[`/${c.prefix}/next`] = 1;
     for (const click of c.want) clicksWanted[click] = (clicksWanted[click] ?? 0) + 1;
+    // Closing the context cancels a keepalive request still in flight: first
+    // wait until the server has what this case sent.
+    await eventually(async () => {
+      const [stored, clicked] = [await links.pages(), await links.links()];
+      return [stored[`/${c.prefix}/start`], stored[`/${c.prefix}/next`], ...c.want.map((click) => clicked[click])];
+    }, [1, 1, ...c.want.map((click) => clicksWanted[click])]);
     await context.close();
   }
   await eventually(links.pages, pagesWanted);
@@ -510,6 +516,8 @@ test("events queued when the page goes away are sent with keepalive and arrive",
     pagesWanted[`/leave/${way}`] = 1;
     eventsWanted[`left-${way}`] = 1;
     eventsWanted.pageview++;
+    // Closing the context cancels a keepalive request still in flight.
+    await eventually(async () => (await leave.events())[`left-${way}`], 1);
     await context.close();
   }
   await eventually(leave.pages, pagesWanted);
