@@ -42,29 +42,26 @@ export interface Tracker {
 /** localStorage key that opts a browser out when set to "1". */
 export const OPT_OUT = "tally_ignore";
 const QUEUE = "tally_queue";
+/** Most events the queue holds; when it is full, the oldest are dropped. */
+export const MAX_QUEUE = 1000;
 const FILES = /\.(pdf|zip|gz|dmg|exe|msi|docx?|xlsx?|pptx?|csv|mp3|mp4|apk)$/i;
 // Codes worth retrying: UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
 const RETRY = [2, 4, 8, 10, 13, 14];
 
 /** Starts tracking with `o`; returns the tracker. */
 export function init(o: TrackerOptions): Tracker {
-  const store = (() => {
+  // Storage may be blocked or full (quota): its errors never reach the page,
+  // and a queue it cannot hold stays in memory.
+  const quiet = <T>(f: () => T): T | undefined => {
     try {
-      return localStorage;
-    } catch {
-      return undefined; // storage blocked: queue in memory only
-    }
-  })();
-  const off = () =>
-    store?.getItem(OPT_OUT) == "1" ||
-    (o.respectDnt && (navigator.doNotTrack == "1" || (navigator as { globalPrivacyControl?: boolean }).globalPrivacyControl));
-  const stored = (): WireEvent[] => {
-    try {
-      return JSON.parse(store?.getItem(QUEUE) || "[]");
-    } catch {
-      return [];
-    }
+      return f();
+    } catch {}
   };
+  const store = quiet(() => localStorage);
+  const off = () =>
+    quiet(() => store?.getItem(OPT_OUT)) == "1" ||
+    (o.respectDnt && (navigator.doNotTrack == "1" || (navigator as { globalPrivacyControl?: boolean }).globalPrivacyControl));
+  const stored = (): WireEvent[] => quiet(() => JSON.parse(store?.getItem(QUEUE) || "[]")) || [];
   let queue = stored();
   let timer: ReturnType<typeof setTimeout> | undefined;
   // 0: idle, 1: a batch is in flight, 2: a keepalive batch is in flight.
@@ -77,7 +74,9 @@ export function init(o: TrackerOptions): Tracker {
   const save = (delivered?: Set<string>) => {
     const mine = new Set(queue.map((e) => e.id));
     queue = queue.concat(stored().filter((e) => !mine.has(e.id) && !delivered?.has(e.id)));
-    store?.setItem(QUEUE, JSON.stringify(queue));
+    // After a long outage new events push out the oldest.
+    if (queue.length > MAX_QUEUE) queue = queue.sort((a, b) => a.ts - b.ts).slice(-MAX_QUEUE);
+    quiet(() => store?.setItem(QUEUE, JSON.stringify(queue)));
   };
   const context = (): WireContext => ({
     locale: navigator.language,
@@ -93,7 +92,7 @@ export function init(o: TrackerOptions): Tracker {
 
   const drop = () => {
     queue = [];
-    store?.removeItem(QUEUE);
+    quiet(() => store?.removeItem(QUEUE));
   };
 
   async function flush(keepalive?: boolean): Promise<void> {
@@ -148,10 +147,8 @@ export function init(o: TrackerOptions): Tracker {
     pageview,
     flush: () => flush(),
     optOut(out) {
-      if (out) {
-        store?.setItem(OPT_OUT, "1");
-        drop();
-      } else store?.removeItem(OPT_OUT);
+      if (out) drop();
+      quiet(() => (out ? store?.setItem(OPT_OUT, "1") : store?.removeItem(OPT_OUT)));
     },
   };
 

@@ -17,7 +17,8 @@ import {
   Verdict,
   type Event,
 } from "../src/index.js";
-import { OPT_OUT, type Tracker } from "../src/tracker.js";
+import { MAX_QUEUE, OPT_OUT, type Tracker } from "../src/tracker.js";
+import type { WireEvent } from "../src/wire.js";
 import { countsBy, TallyServer } from "./server.js";
 
 declare global {
@@ -174,8 +175,9 @@ async function pausedContext(): Promise<BrowserContext> {
 /**
  * Init script: wraps fetch to note each Track request (body, keepalive) and,
  * once it is answered, its grpc-status header and body, in localStorage
- * "test_calls", which outlives the page. (Page functions are sent as source
- * text: helpers are methods, which tsx leaves without name wrappers.)
+ * "test_calls", which outlives the page (nothing, when the test filled the
+ * storage). (Page functions are sent as source text: helpers are methods,
+ * which tsx leaves without name wrappers.)
  */
 function recordTrackCalls(): void {
   const original = window.fetch;
@@ -186,7 +188,11 @@ function recordTrackCalls(): void {
     update(change: (list: Record<string, unknown>[]) => void) {
       const list = JSON.parse(localStorage.getItem("test_calls") || "[]");
       change(list);
-      localStorage.setItem("test_calls", JSON.stringify(list));
+      try {
+        localStorage.setItem("test_calls", JSON.stringify(list));
+      } catch {
+        // the storage is full
+      }
     },
   };
   window.fetch = (input, init) => {
@@ -238,7 +244,7 @@ async function sent(page: Page): Promise<Call[]> {
 }
 
 /** What the tracker has queued in localStorage. */
-async function queued(page: Page): Promise<{ name?: string; url?: string }[]> {
+async function queued(page: Page): Promise<WireEvent[]> {
   return JSON.parse((await page.evaluate((key) => localStorage.getItem(key), QUEUE)) ?? "[]");
 }
 
@@ -573,5 +579,72 @@ test("an event the server rejects is dropped with its batch; the batch's good ev
   assert.equal((await sent(page)).length, 1);
   const valid = calls[0].events.filter((e) => e.name != tooLong);
   await eventually(rejected.events, Object.fromEntries(valid.map((e) => [e.type == EventType.PAGEVIEW ? "pageview" : e.name, 1])));
+  await context.close();
+});
+
+test("the queue keeps the newest 1,000 events: when it is full, the oldest are dropped", async () => {
+  const bounded = await testSite("bounded");
+  bounded.serve("bounded");
+  const context = await pausedContext();
+  const page = await open("/bounded/page", context);
+  // The clock is paused: nothing goes out while the page tracks more than the queue holds.
+  const tracked = MAX_QUEUE + 10;
+  await page.evaluate((n) => {
+    for (let i = 0; i < n; i++) window.tally!.track("bulk", { n: i });
+  }, tracked);
+  assert.deepEqual(await sent(page), []);
+  // The page view and the first ten events gave way to the last thousand.
+  const newest = Array.from({ length: MAX_QUEUE }, (_, i) => tracked - MAX_QUEUE + i);
+  assert.deepEqual((await queued(page)).map((e) => e.props?.n), newest);
+  await context.clock.resume();
+  await eventually(bounded.events, { bulk: MAX_QUEUE });
+  await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+  const delivered = distinct(await sent(page)).map((e) => e.properties.n?.value.value);
+  assert.deepEqual(delivered, newest);
+  await context.close();
+});
+
+test("with the storage full, tracking throws nothing into the page and events wait in memory", async () => {
+  const full = await testSite("full");
+  full.serve("full");
+  const context = await pausedContext();
+  const page = await open("/full/page", context);
+  assert.deepEqual((await queued(page)).map((e) => e.type), [EventType.PAGEVIEW]);
+  // Fill the origin's storage to its last few characters.
+  const room = await page.evaluate(() => {
+    let filler = "";
+    for (let size = 1 << 24; size >= 16; size >>= 1) {
+      try {
+        localStorage.setItem("filler", filler + "x".repeat(size));
+        filler += "x".repeat(size);
+      } catch {
+        // too much: try half
+      }
+    }
+    try {
+      localStorage.setItem("room", "y".repeat(32));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  assert.equal(room, false, "the storage is full");
+  const names = ["full-1", "full-2", "full-3"];
+  const errors = await page.evaluate((names) => {
+    const caught: string[] = [];
+    for (const name of names) {
+      try {
+        window.tally!.track(name);
+      } catch (error) {
+        caught.push(String(error));
+      }
+    }
+    return caught;
+  }, names);
+  assert.deepEqual(errors, []);
+  // The stored queue could not take them; the tracker holds them in memory and sends them.
+  assert.deepEqual((await queued(page)).map((e) => e.type), [EventType.PAGEVIEW]);
+  await page.evaluate(() => window.tally!.flush());
+  await eventually(full.events, Object.fromEntries([["pageview", 1], ...names.map((name) => [name, 1])]));
   await context.close();
 });
