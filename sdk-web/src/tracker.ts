@@ -163,6 +163,13 @@ export function init(o: TrackerOptions): Tracker {
     }
     addEventListener("popstate", navigated);
     if (o.hash) addEventListener("hashchange", navigated);
+    // A page restored from the back/forward cache runs no script again, yet it is seen again.
+    addEventListener("pageshow", (ev) => {
+      if (ev.persisted) {
+        last = "";
+        pageview();
+      }
+    });
     pageview();
   }
   if (o.outbound || o.downloads) {

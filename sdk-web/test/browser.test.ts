@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { fromBinary } from "@bufbuild/protobuf";
 import { build } from "esbuild";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { chromium, type Browser, type BrowserContext, type LaunchOptions, type Page } from "playwright-core";
 import {
   Code,
   Dimension,
@@ -24,6 +24,8 @@ import { countsBy, TallyServer } from "./server.js";
 declare global {
   interface Window {
     tally?: Tracker;
+    /** `persisted` of each pageshow event the page saw (set by a test's init script). */
+    shows?: boolean[];
   }
 }
 
@@ -100,8 +102,13 @@ before(async () => {
   });
   await new Promise<void>((done) => site.listen(0, "127.0.0.1", done));
   origin = `http://127.0.0.1:${(site.address() as { port: number }).port}`;
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_FLAGS });
+  browser = await launch();
 });
+
+/** Starts Chromium; `options` may add to Playwright's launch options. */
+function launch(options: LaunchOptions = {}): Promise<Browser> {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_FLAGS, ...options });
+}
 
 after(async () => {
   await browser?.close();
@@ -164,8 +171,8 @@ async function testSite(siteId: string, settings: { allowedOrigins?: string[] } 
  * then comes from what the test did. Every page records the Track requests it
  * makes in localStorage (see {@link sent}).
  */
-async function pausedContext(): Promise<BrowserContext> {
-  const context = await browser.newContext();
+async function pausedContext(from = browser): Promise<BrowserContext> {
+  const context = await from.newContext();
   await context.addInitScript(recordTrackCalls);
   await context.clock.install();
   await context.clock.pauseAt(Date.now() + 1000);
@@ -647,4 +654,39 @@ test("with the storage full, tracking throws nothing into the page and events wa
   await page.evaluate(() => window.tally!.flush());
   await eventually(full.events, Object.fromEntries([["pageview", 1], ...names.map((name) => [name, 1])]));
   await context.close();
+});
+
+test("a page restored from the back/forward cache counts a page view again", async () => {
+  const restored = await testSite("bfcache");
+  restored.serve("bfcache");
+  // Playwright turns the cache off unless told not to.
+  const cached = await launch({ ignoreDefaultArgs: ["--disable-back-forward-cache"] });
+  try {
+    const context = await pausedContext(cached);
+    await context.addInitScript(() => addEventListener("pageshow", (ev) => (window.shows = [...(window.shows ?? []), ev.persisted])));
+    const page = await open("/bfcache/page", context);
+    await page.goto(`${origin}/plain`);
+    await page.goBack({ waitUntil: "commit" });
+    await page.waitForFunction(() => window.shows?.length == 2);
+    // The same document, shown again from the cache: its script did not run again.
+    assert.deepEqual(await page.evaluate(() => window.shows), [false, true]);
+    // The keepalive request may still be in flight (it went on while the page
+    // was frozen), and the new view waits for it: let time run.
+    await context.clock.resume();
+    await eventually(async () => (await sent(page)).length, 2);
+    const calls = await sent(page);
+    // The first view went out with keepalive as the page was left; the second after it was restored.
+    assert.deepEqual(
+      calls.map((call) => [call.keepalive, call.events.map(label)]),
+      [
+        [true, ["pageview /bfcache/page"]],
+        [false, ["pageview /bfcache/page"]],
+      ],
+    );
+    assert.equal(distinct(calls).length, 2);
+    await eventually(restored.pages, { "/bfcache/page": 2 });
+    await context.close();
+  } finally {
+    await cached.close();
+  }
 });
