@@ -173,14 +173,19 @@ export function init(o: TrackerOptions): Tracker {
     pageview();
   }
   if (o.outbound || o.downloads) {
-    addEventListener("click", (ev) => {
+    // A click follows the link; a middle click (auxclick with button 1, no
+    // click) opens it in a new tab. Each counts once.
+    const clicked = (ev: MouseEvent) => {
+      if (ev.button != (ev.type == "click" ? 0 : 1)) return;
       const a = (ev.target as Element | null)?.closest?.("a");
       if (!a || !/^https?:/.test(a.href)) return;
       const u = new URL(a.href);
       if (o.downloads && FILES.test(u.pathname)) tracker.track("download", { url: a.href });
       else if (o.outbound && u.host != location.host) tracker.track("outbound", { url: a.href });
       flush(true); // the page may be about to unload
-    });
+    };
+    addEventListener("click", clicked);
+    addEventListener("auxclick", clicked);
   }
   const leave = () => document.visibilityState == "hidden" && flush(true);
   addEventListener("pagehide", () => flush(true));

@@ -690,3 +690,25 @@ test("a page restored from the back/forward cache counts a page view again", asy
     await cached.close();
   }
 });
+
+test("a middle click opening a link in a new tab counts once as an outbound or download click", async () => {
+  const middle = await testSite("middle");
+  middle.serve("middle", { outbound: "", downloads: "" });
+  const out = elsewhere();
+  const file = `${origin}/files/report.pdf`;
+  const context = await pausedContext();
+  const page = await open("/middle/page", context);
+  const [tab] = await Promise.all([context.waitForEvent("page"), page.click("#out", { button: "middle" })]);
+  await tab.waitForURL(out);
+  await page.click("#file", { button: "middle" });
+  await page.click("#out", { button: "right" }); // a context menu, not a click on the link
+  assert.equal(page.url(), `${origin}/middle/page`, "the links opened elsewhere");
+  await context.clock.resume();
+  await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+  const clicks = distinct(await sent(page))
+    .filter((e) => e.type == EventType.CUSTOM)
+    .map((e) => `${e.name} ${e.properties.url?.value.value}`);
+  assert.deepEqual(clicks, [`outbound ${out}`, `download ${file}`]);
+  await eventually(middle.links, { [`outbound ${out}`]: 1, [`download ${file}`]: 1 });
+  await context.close();
+});
