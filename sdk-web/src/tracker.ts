@@ -112,7 +112,13 @@ export function init(o: TrackerOptions): Tracker {
         headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${o.key}` },
         body: frame(encodeTrack(o.site || "", batch, context())),
       });
-      retry = !res.ok || RETRY.includes(grpcStatus(res.headers, new Uint8Array(await res.arrayBuffer())));
+      // An HTTP error comes from a proxy or a wrong `endpoint`, not from Tally:
+      // a timeout, throttling or a server error may pass; any other 4xx (404,
+      // 413...) will not, and the batch is dropped as a refusal.
+      const http = res.status;
+      retry = res.ok
+        ? RETRY.includes(grpcStatus(res.headers, new Uint8Array(await res.arrayBuffer())))
+        : http > 499 || http == 408 || http == 429;
     } catch {
       // network error or server down: keep the batch
     }

@@ -54,6 +54,9 @@ let browser: Browser;
 let keys: { ingest: string; query: string };
 // Tracker tags by the first segment of the page's path; other paths get the default tag.
 const tags = new Map<string, string>();
+// Paths /api/<name>/... are a proxy in front of the Tally server: it answers
+// with the HTTP status set here for <name>, or forwards the request.
+const failing = new Map<string, number>();
 
 /** A tracker script tag with these data attributes. */
 function trackerTag(data: Record<string, string>): string {
@@ -89,8 +92,27 @@ before(async () => {
     "/realtime.html": ["text/html", `<ul id="pages"></ul><script type="module" src="/realtime.js"></script>`],
     "/plain": ["text/html", "<!doctype html><title>no tracker</title>"],
   };
-  site = createServer((req, res) => {
+  site = createServer(async (req, res) => {
     const path = new URL(req.url!, "http://x").pathname;
+    if (path.startsWith("/api/")) {
+      const [, , name, ...rest] = path.split("/");
+      const status = failing.get(name);
+      if (status) {
+        res.writeHead(status, { "content-type": "text/plain" }).end(`status ${status}`);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      for await (const chunk of req) chunks.push(chunk);
+      const forwarded = ["content-type", "x-grpc-web", "authorization"].map((h) => [h, String(req.headers[h])]);
+      const upstream = await fetch(`${tally.url}/${rest.join("/")}`, {
+        method: req.method,
+        headers: Object.fromEntries(forwarded),
+        body: Buffer.concat(chunks),
+      });
+      const headers = [...upstream.headers].filter(([h]) => !["content-length", "content-encoding", "transfer-encoding"].includes(h));
+      res.writeHead(upstream.status, Object.fromEntries(headers)).end(Buffer.from(await upstream.arrayBuffer()));
+      return;
+    }
     if (path.startsWith("/files/")) {
       res.writeHead(200, { "content-type": "application/pdf", "content-disposition": "attachment" }).end("%PDF-1.4");
       return;
@@ -211,7 +233,7 @@ function recordTrackCalls(): void {
       async (res) => {
         const status = res.headers.get("grpc-status");
         const body = calls.base64(new Uint8Array(await res.clone().arrayBuffer()));
-        calls.update((list) => Object.assign(list[index], { status, response: body }));
+        calls.update((list) => Object.assign(list[index], { http: res.status, status, response: body }));
       },
       () => {}, // unanswered: the server is down or the page is gone
     );
@@ -223,6 +245,8 @@ function recordTrackCalls(): void {
 interface Call {
   keepalive: boolean;
   events: Event[];
+  /** The HTTP status; undefined while unanswered. */
+  http?: number;
   /** grpc-status from the headers (trailers-only answers); undefined while unanswered. */
   status?: number | null;
   /** Verdicts of an answered request, in request order. */
@@ -231,13 +255,14 @@ interface Call {
 
 /** The Track requests the pages of `page`'s origin made, read from a page of that origin. */
 async function sent(page: Page): Promise<Call[]> {
-  const raw: { keepalive: boolean; body: string; status?: string | null; response?: string }[] = JSON.parse(
+  const raw: { keepalive: boolean; body: string; http?: number; status?: string | null; response?: string }[] = JSON.parse(
     (await page.evaluate(() => localStorage.getItem("test_calls"))) ?? "[]",
   );
   return raw.map((call) => {
     const request = fromBinary(TrackRequestSchema, Buffer.from(call.body, "base64").subarray(5));
     const decoded: Call = { keepalive: call.keepalive, events: request.events };
     if (call.response != null) {
+      decoded.http = call.http;
       decoded.status = call.status == null ? null : Number(call.status);
       const body = Buffer.from(call.response, "base64");
       // The first grpc-web frame, when it is a message (flag 0) and not the trailer.
@@ -552,8 +577,8 @@ test("a batch refused for good is dropped from the queue and not retried", async
       window.tally!.track("refused");
       return window.tally!.flush();
     });
-    const calls = await sent(page);
-    assert.deepEqual(calls.map((call) => [call.status, call.events.length]), [[c.status, 2]], c.prefix);
+    // The page notes the answer once it has read the body, maybe after the tracker.
+    await eventually(async () => (await sent(page)).map((call) => [call.status, call.events.length]), [[c.status, 2]]);
     assert.deepEqual(await queued(page), [], c.prefix);
     // A retry would come after a backoff of at most 30 s; nor does a flush find anything to send.
     await context.clock.runFor(60_000);
@@ -711,4 +736,64 @@ test("a middle click opening a link in a new tab counts once as an outbound or d
   assert.deepEqual(clicks, [`outbound ${out}`, `download ${file}`]);
   await eventually(middle.links, { [`outbound ${out}`]: 1, [`download ${file}`]: 1 });
   await context.close();
+});
+
+test("a batch answered with an HTTP 4xx (a wrong data-api, a body too large) is dropped, not retried", async () => {
+  const refused = await testSite("http-refused");
+  for (const code of [400, 404, 413]) {
+    const name = `http-${code}`;
+    failing.set(name, code);
+    refused.serve(name, { api: `${origin}/api/${name}` });
+    const context = await pausedContext();
+    const page = await open(`/${name}/page`, context);
+    await page.evaluate((name) => {
+      window.tally!.track(name);
+      return window.tally!.flush();
+    }, name);
+    // The page notes the answer once it has read its body (the tracker does not read it).
+    await eventually(async () => (await sent(page)).map((call) => [call.http, call.events.length]), [[code, 2]]);
+    assert.deepEqual(await queued(page), [], name);
+    // A retry would come after a backoff of at most 30 s; nor does a flush find anything to send.
+    await context.clock.runFor(60_000);
+    await page.evaluate(() => window.tally!.flush());
+    assert.equal((await sent(page)).length, 1, name);
+    await context.close();
+  }
+  assert.deepEqual(await refused.events(), {});
+});
+
+test("a batch answered with HTTP 408, 429 or 5xx is retried with backoff until the server answers", async () => {
+  const retried = await testSite("http-retried");
+  const codes = [408, 429, 502, 503];
+  for (const code of codes) {
+    const name = `http-${code}`;
+    failing.set(name, code);
+    retried.serve(name, { api: `${origin}/api/${name}` });
+    const context = await pausedContext();
+    const page = await open(`/${name}/page`, context);
+    await page.evaluate((name) => {
+      window.tally!.track(name);
+      return window.tally!.flush();
+    }, name);
+    // Each retry waits twice as long as the one before, from a second.
+    for (const backoff of [1000, 2000, 4000]) {
+      const before = (await sent(page)).length;
+      await context.clock.runFor(backoff - 1);
+      assert.equal((await sent(page)).length, before, `${name}: no retry before ${backoff} ms`);
+      await context.clock.runFor(1);
+      await eventually(async () => (await sent(page)).map((call) => call.http), Array(before + 1).fill(code));
+    }
+    // The proxy forwards again: the next retry is delivered.
+    failing.delete(name);
+    await context.clock.runFor(8000);
+    await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+    const calls = await sent(page);
+    assert.deepEqual(calls.map((call) => call.http), [code, code, code, code, 200], name);
+    // Every attempt carried the same batch.
+    const ids = calls.map((call) => call.events.map((e) => e.eventId));
+    for (const batch of ids) assert.deepEqual(batch, ids[0], name);
+    assert.deepEqual(calls[0].events.map(label), [`pageview /${name}/page`, name]);
+    await context.close();
+  }
+  await eventually(retried.events, Object.fromEntries([["pageview", codes.length], ...codes.map((code) => [`http-${code}`, 1])]));
 });
