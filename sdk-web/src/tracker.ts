@@ -64,8 +64,9 @@ export function init(o: TrackerOptions): Tracker {
   const stored = (): WireEvent[] => quiet(() => JSON.parse(store?.getItem(QUEUE) || "[]")) || [];
   let queue = stored();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  // 0: idle, 1: a batch is in flight, 2: a keepalive batch is in flight.
-  let sending = 0;
+  // Requests in flight, and whether one of them is a keepalive request.
+  let flying = 0;
+  let leaving = false;
   let backoff = 0;
   let last = "";
   // Tabs share the stored queue: keep what other tabs queued (sending it too is
@@ -101,8 +102,9 @@ export function init(o: TrackerOptions): Tracker {
     if (off()) return drop();
     // The page is leaving: send with keepalive even while a batch is in flight
     // (it may die with the page), but once: pagehide and visibilitychange both fire.
-    if (!queue.length || sending > (keepalive ? 1 : 0)) return;
-    sending = keepalive ? 2 : 1;
+    if (!queue.length || (keepalive ? leaving : flying)) return;
+    flying++;
+    if (keepalive) leaving = true;
     const batch = queue.slice(0, o.batch || 50);
     let retry = true;
     try {
@@ -122,17 +124,20 @@ export function init(o: TrackerOptions): Tracker {
     } catch {
       // network error or server down: keep the batch
     }
-    sending = 0;
-    if (retry) {
-      backoff = Math.min(backoff * 2 || 1000, 30000);
-      return schedule(backoff);
+    flying--;
+    if (keepalive) leaving = false;
+    if (retry) backoff = Math.min(backoff * 2 || 1000, 30000);
+    else {
+      // Delivered, or refused for good (bad key, bad request): either way not resent.
+      backoff = 0;
+      const sent = new Set(batch.map((e) => e.id));
+      queue = queue.filter((e) => !sent.has(e.id));
+      save(sent);
     }
-    // Delivered, or refused for good (bad key, bad request): either way not resent.
-    backoff = 0;
-    const sent = new Set(batch.map((e) => e.id));
-    queue = queue.filter((e) => !sent.has(e.id));
-    save(sent);
-    if (queue.length) schedule(0);
+    // While the other request is in flight, it carries what is left (the
+    // keepalive one took the head of the queue too): sending that now would
+    // send it twice. The last request to finish sends what follows.
+    if (!flying && queue.length) schedule(backoff);
   }
 
   function add(e: Omit<WireEvent, "id" | "ts">): void {

@@ -26,6 +26,8 @@ declare global {
     tally?: Tracker;
     /** `persisted` of each pageshow event the page saw (set by a test's init script). */
     shows?: boolean[];
+    /** Hands the tracker the answer to its `index`th Track request (set by a test's init script). */
+    release?: (index: number) => void;
   }
 }
 
@@ -796,4 +798,45 @@ test("a batch answered with HTTP 408, 429 or 5xx is retried with backoff until t
     await context.close();
   }
   await eventually(retried.events, Object.fromEntries([["pageview", codes.length], ...codes.map((code) => [`http-${code}`, 1])]));
+});
+
+test("a batch that finishes while a keepalive request is in flight does not send the keepalive's events again", async () => {
+  const overlap = await testSite("overlap");
+  overlap.serve("overlap");
+  const context = await pausedContext();
+  // The tracker sees the answers to its Track requests only when the test releases them.
+  await context.addInitScript(() => {
+    const original = window.fetch;
+    const held: (() => void)[] = [];
+    window.release = (index) => held[index]();
+    window.fetch = (input, init) => {
+      const response = original(input, init);
+      if (!String(input).endsWith("/tally.v1.IngestService/Track")) return response;
+      return new Promise((resolve) => held.push(() => resolve(response)));
+    };
+  });
+  const page = await open("/overlap/page", context);
+  await page.evaluate(() => {
+    window.tally!.track("first");
+    void window.tally!.flush();
+    window.tally!.track("second");
+    // The page is leaving while the first batch is in flight: a keepalive request takes everything.
+    dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  });
+  const requests = [
+    [false, ["pageview /overlap/page", "first"]],
+    [true, ["pageview /overlap/page", "first", "second"]],
+  ];
+  assert.deepEqual((await sent(page)).map((call) => [call.keepalive, call.events.map(label)]), requests);
+  // The first batch is answered: its events leave the queue, "second" stays until the keepalive request is answered.
+  await page.evaluate(() => window.release!(0));
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem("tally_queue")!).length == 1);
+  await context.clock.runFor(60_000);
+  assert.deepEqual((await sent(page)).map((call) => [call.keepalive, call.events.map(label)]), requests);
+  await page.evaluate(() => window.release!(1));
+  await page.waitForFunction(() => localStorage.getItem("tally_queue") == "[]");
+  await context.clock.runFor(60_000);
+  assert.equal((await sent(page)).length, requests.length);
+  await eventually(overlap.events, { pageview: 1, first: 1, second: 1 });
+  await context.close();
 });
