@@ -111,8 +111,11 @@ before(async () => {
         headers: Object.fromEntries(forwarded),
         body: Buffer.concat(chunks),
       });
-      const headers = [...upstream.headers].filter(([h]) => !["content-length", "content-encoding", "transfer-encoding"].includes(h));
-      res.writeHead(upstream.status, Object.fromEntries(headers)).end(Buffer.from(await upstream.arrayBuffer()));
+      const headers: Record<string, string> = {};
+      upstream.headers.forEach((value, name) => {
+        if (!["content-length", "content-encoding", "transfer-encoding"].includes(name)) headers[name] = value;
+      });
+      res.writeHead(upstream.status, headers).end(Buffer.from(await upstream.arrayBuffer()));
       return;
     }
     if (path.startsWith("/files/")) {
