@@ -42,33 +42,31 @@ export interface Tracker {
 /** localStorage key that opts a browser out when set to "1". */
 export const OPT_OUT = "tally_ignore";
 const QUEUE = "tally_queue";
+/** Most events the queue holds; when it is full, the oldest are dropped. */
+export const MAX_QUEUE = 1000;
 const FILES = /\.(pdf|zip|gz|dmg|exe|msi|docx?|xlsx?|pptx?|csv|mp3|mp4|apk)$/i;
 // Codes worth retrying: UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
 const RETRY = [2, 4, 8, 10, 13, 14];
 
 /** Starts tracking with `o`; returns the tracker. */
 export function init(o: TrackerOptions): Tracker {
-  const store = (() => {
+  // Storage may be blocked or full (quota): its errors never reach the page,
+  // and a queue it cannot hold stays in memory.
+  const quiet = <T>(f: () => T): T | undefined => {
     try {
-      return localStorage;
-    } catch {
-      return undefined; // storage blocked: queue in memory only
-    }
-  })();
-  const off = () =>
-    store?.getItem(OPT_OUT) == "1" ||
-    (o.respectDnt && (navigator.doNotTrack == "1" || (navigator as { globalPrivacyControl?: boolean }).globalPrivacyControl));
-  const stored = (): WireEvent[] => {
-    try {
-      return JSON.parse(store?.getItem(QUEUE) || "[]");
-    } catch {
-      return [];
-    }
+      return f();
+    } catch {}
   };
+  const store = quiet(() => localStorage);
+  const off = () =>
+    quiet(() => store?.getItem(OPT_OUT)) == "1" ||
+    (o.respectDnt && (navigator.doNotTrack == "1" || (navigator as { globalPrivacyControl?: boolean }).globalPrivacyControl));
+  const stored = (): WireEvent[] => quiet(() => JSON.parse(store?.getItem(QUEUE) || "[]")) || [];
   let queue = stored();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  // 0: idle, 1: a batch is in flight, 2: a keepalive batch is in flight.
-  let sending = 0;
+  // Requests in flight, and whether one of them is a keepalive request.
+  let flying = 0;
+  let leaving = false;
   let backoff = 0;
   let last = "";
   // Tabs share the stored queue: keep what other tabs queued (sending it too is
@@ -77,7 +75,9 @@ export function init(o: TrackerOptions): Tracker {
   const save = (delivered?: Set<string>) => {
     const mine = new Set(queue.map((e) => e.id));
     queue = queue.concat(stored().filter((e) => !mine.has(e.id) && !delivered?.has(e.id)));
-    store?.setItem(QUEUE, JSON.stringify(queue));
+    // After a long outage new events push out the oldest.
+    if (queue.length > MAX_QUEUE) queue = queue.sort((a, b) => a.ts - b.ts).slice(-MAX_QUEUE);
+    quiet(() => store?.setItem(QUEUE, JSON.stringify(queue)));
   };
   const context = (): WireContext => ({
     locale: navigator.language,
@@ -93,7 +93,7 @@ export function init(o: TrackerOptions): Tracker {
 
   const drop = () => {
     queue = [];
-    store?.removeItem(QUEUE);
+    quiet(() => store?.removeItem(QUEUE));
   };
 
   async function flush(keepalive?: boolean): Promise<void> {
@@ -102,8 +102,9 @@ export function init(o: TrackerOptions): Tracker {
     if (off()) return drop();
     // The page is leaving: send with keepalive even while a batch is in flight
     // (it may die with the page), but once: pagehide and visibilitychange both fire.
-    if (!queue.length || sending > (keepalive ? 1 : 0)) return;
-    sending = keepalive ? 2 : 1;
+    if (!queue.length || (keepalive ? leaving : flying)) return;
+    flying++;
+    if (keepalive) leaving = true;
     const batch = queue.slice(0, o.batch || 50);
     let retry = true;
     try {
@@ -113,21 +114,30 @@ export function init(o: TrackerOptions): Tracker {
         headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", authorization: `Bearer ${o.key}` },
         body: frame(encodeTrack(o.site || "", batch, context())),
       });
-      retry = !res.ok || RETRY.includes(grpcStatus(res.headers, new Uint8Array(await res.arrayBuffer())));
+      // An HTTP error comes from a proxy or a wrong `endpoint`, not from Tally:
+      // a timeout, throttling or a server error may pass; any other 4xx (404,
+      // 413...) will not, and the batch is dropped as a refusal.
+      const http = res.status;
+      retry = res.ok
+        ? RETRY.includes(grpcStatus(res.headers, new Uint8Array(await res.arrayBuffer())))
+        : http > 499 || http == 408 || http == 429;
     } catch {
       // network error or server down: keep the batch
     }
-    sending = 0;
-    if (retry) {
-      backoff = Math.min(backoff * 2 || 1000, 30000);
-      return schedule(backoff);
+    flying--;
+    if (keepalive) leaving = false;
+    if (retry) backoff = Math.min(backoff * 2 || 1000, 30000);
+    else {
+      // Delivered, or refused for good (bad key, bad request): either way not resent.
+      backoff = 0;
+      const sent = new Set(batch.map((e) => e.id));
+      queue = queue.filter((e) => !sent.has(e.id));
+      save(sent);
     }
-    // Delivered, or refused for good (bad key, bad request): either way not resent.
-    backoff = 0;
-    const sent = new Set(batch.map((e) => e.id));
-    queue = queue.filter((e) => !sent.has(e.id));
-    save(sent);
-    if (queue.length) schedule(0);
+    // While the other request is in flight, it carries what is left (the
+    // keepalive one took the head of the queue too): sending that now would
+    // send it twice. The last request to finish sends what follows.
+    if (!flying && queue.length) schedule(backoff);
   }
 
   function add(e: Omit<WireEvent, "id" | "ts">): void {
@@ -148,10 +158,8 @@ export function init(o: TrackerOptions): Tracker {
     pageview,
     flush: () => flush(),
     optOut(out) {
-      if (out) {
-        store?.setItem(OPT_OUT, "1");
-        drop();
-      } else store?.removeItem(OPT_OUT);
+      if (out) drop();
+      quiet(() => (out ? store?.setItem(OPT_OUT, "1") : store?.removeItem(OPT_OUT)));
     },
   };
 
@@ -166,17 +174,29 @@ export function init(o: TrackerOptions): Tracker {
     }
     addEventListener("popstate", navigated);
     if (o.hash) addEventListener("hashchange", navigated);
+    // A page restored from the back/forward cache runs no script again, yet it is seen again.
+    addEventListener("pageshow", (ev) => {
+      if (ev.persisted) {
+        last = "";
+        pageview();
+      }
+    });
     pageview();
   }
   if (o.outbound || o.downloads) {
-    addEventListener("click", (ev) => {
+    // A click follows the link; a middle click (auxclick with button 1, no
+    // click) opens it in a new tab. Each counts once.
+    const clicked = (ev: MouseEvent) => {
+      if (ev.button != (ev.type == "click" ? 0 : 1)) return;
       const a = (ev.target as Element | null)?.closest?.("a");
       if (!a || !/^https?:/.test(a.href)) return;
       const u = new URL(a.href);
       if (o.downloads && FILES.test(u.pathname)) tracker.track("download", { url: a.href });
       else if (o.outbound && u.host != location.host) tracker.track("outbound", { url: a.href });
       flush(true); // the page may be about to unload
-    });
+    };
+    addEventListener("click", clicked);
+    addEventListener("auxclick", clicked);
   }
   const leave = () => document.visibilityState == "hidden" && flush(true);
   addEventListener("pagehide", () => flush(true));

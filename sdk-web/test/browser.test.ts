@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { fromBinary } from "@bufbuild/protobuf";
 import { build } from "esbuild";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { chromium, type Browser, type BrowserContext, type LaunchOptions, type Page } from "playwright-core";
 import {
   Code,
   Dimension,
@@ -17,12 +17,17 @@ import {
   Verdict,
   type Event,
 } from "../src/index.js";
-import { OPT_OUT, type Tracker } from "../src/tracker.js";
+import { MAX_QUEUE, OPT_OUT, type Tracker } from "../src/tracker.js";
+import type { WireEvent } from "../src/wire.js";
 import { countsBy, TallyServer } from "./server.js";
 
 declare global {
   interface Window {
     tally?: Tracker;
+    /** `persisted` of each pageshow event the page saw (set by a test's init script). */
+    shows?: boolean[];
+    /** Hands the tracker the answer to its `index`th Track request (set by a test's init script). */
+    release?: (index: number) => void;
   }
 }
 
@@ -51,6 +56,9 @@ let browser: Browser;
 let keys: { ingest: string; query: string };
 // Tracker tags by the first segment of the page's path; other paths get the default tag.
 const tags = new Map<string, string>();
+// Paths /api/<name>/... are a proxy in front of the Tally server: it answers
+// with the HTTP status set here for <name>, or forwards the request.
+const failing = new Map<string, number>();
 
 /** A tracker script tag with these data attributes. */
 function trackerTag(data: Record<string, string>): string {
@@ -86,8 +94,30 @@ before(async () => {
     "/realtime.html": ["text/html", `<ul id="pages"></ul><script type="module" src="/realtime.js"></script>`],
     "/plain": ["text/html", "<!doctype html><title>no tracker</title>"],
   };
-  site = createServer((req, res) => {
+  site = createServer(async (req, res) => {
     const path = new URL(req.url!, "http://x").pathname;
+    if (path.startsWith("/api/")) {
+      const [, , name, ...rest] = path.split("/");
+      const status = failing.get(name);
+      if (status) {
+        res.writeHead(status, { "content-type": "text/plain" }).end(`status ${status}`);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      for await (const chunk of req) chunks.push(chunk);
+      const forwarded = ["content-type", "x-grpc-web", "authorization"].map((h) => [h, String(req.headers[h])]);
+      const upstream = await fetch(`${tally.url}/${rest.join("/")}`, {
+        method: req.method,
+        headers: Object.fromEntries(forwarded),
+        body: Buffer.concat(chunks),
+      });
+      const headers: Record<string, string> = {};
+      upstream.headers.forEach((value, name) => {
+        if (!["content-length", "content-encoding", "transfer-encoding"].includes(name)) headers[name] = value;
+      });
+      res.writeHead(upstream.status, headers).end(Buffer.from(await upstream.arrayBuffer()));
+      return;
+    }
     if (path.startsWith("/files/")) {
       res.writeHead(200, { "content-type": "application/pdf", "content-disposition": "attachment" }).end("%PDF-1.4");
       return;
@@ -99,8 +129,13 @@ before(async () => {
   });
   await new Promise<void>((done) => site.listen(0, "127.0.0.1", done));
   origin = `http://127.0.0.1:${(site.address() as { port: number }).port}`;
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_FLAGS });
+  browser = await launch();
 });
+
+/** Starts Chromium; `options` may add to Playwright's launch options. */
+function launch(options: LaunchOptions = {}): Promise<Browser> {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_FLAGS, ...options });
+}
 
 after(async () => {
   await browser?.close();
@@ -163,8 +198,8 @@ async function testSite(siteId: string, settings: { allowedOrigins?: string[] } 
  * then comes from what the test did. Every page records the Track requests it
  * makes in localStorage (see {@link sent}).
  */
-async function pausedContext(): Promise<BrowserContext> {
-  const context = await browser.newContext();
+async function pausedContext(from = browser): Promise<BrowserContext> {
+  const context = await from.newContext();
   await context.addInitScript(recordTrackCalls);
   await context.clock.install();
   await context.clock.pauseAt(Date.now() + 1000);
@@ -174,8 +209,9 @@ async function pausedContext(): Promise<BrowserContext> {
 /**
  * Init script: wraps fetch to note each Track request (body, keepalive) and,
  * once it is answered, its grpc-status header and body, in localStorage
- * "test_calls", which outlives the page. (Page functions are sent as source
- * text: helpers are methods, which tsx leaves without name wrappers.)
+ * "test_calls", which outlives the page (nothing, when the test filled the
+ * storage). (Page functions are sent as source text: helpers are methods,
+ * which tsx leaves without name wrappers.)
  */
 function recordTrackCalls(): void {
   const original = window.fetch;
@@ -186,7 +222,11 @@ function recordTrackCalls(): void {
     update(change: (list: Record<string, unknown>[]) => void) {
       const list = JSON.parse(localStorage.getItem("test_calls") || "[]");
       change(list);
-      localStorage.setItem("test_calls", JSON.stringify(list));
+      try {
+        localStorage.setItem("test_calls", JSON.stringify(list));
+      } catch {
+        // the storage is full
+      }
     },
   };
   window.fetch = (input, init) => {
@@ -198,7 +238,7 @@ function recordTrackCalls(): void {
       async (res) => {
         const status = res.headers.get("grpc-status");
         const body = calls.base64(new Uint8Array(await res.clone().arrayBuffer()));
-        calls.update((list) => Object.assign(list[index], { status, response: body }));
+        calls.update((list) => Object.assign(list[index], { http: res.status, status, response: body }));
       },
       () => {}, // unanswered: the server is down or the page is gone
     );
@@ -210,6 +250,8 @@ function recordTrackCalls(): void {
 interface Call {
   keepalive: boolean;
   events: Event[];
+  /** The HTTP status; undefined while unanswered. */
+  http?: number;
   /** grpc-status from the headers (trailers-only answers); undefined while unanswered. */
   status?: number | null;
   /** Verdicts of an answered request, in request order. */
@@ -218,13 +260,14 @@ interface Call {
 
 /** The Track requests the pages of `page`'s origin made, read from a page of that origin. */
 async function sent(page: Page): Promise<Call[]> {
-  const raw: { keepalive: boolean; body: string; status?: string | null; response?: string }[] = JSON.parse(
+  const raw: { keepalive: boolean; body: string; http?: number; status?: string | null; response?: string }[] = JSON.parse(
     (await page.evaluate(() => localStorage.getItem("test_calls"))) ?? "[]",
   );
   return raw.map((call) => {
     const request = fromBinary(TrackRequestSchema, Buffer.from(call.body, "base64").subarray(5));
     const decoded: Call = { keepalive: call.keepalive, events: request.events };
     if (call.response != null) {
+      decoded.http = call.http;
       decoded.status = call.status == null ? null : Number(call.status);
       const body = Buffer.from(call.response, "base64");
       // The first grpc-web frame, when it is a message (flag 0) and not the trailer.
@@ -238,7 +281,7 @@ async function sent(page: Page): Promise<Call[]> {
 }
 
 /** What the tracker has queued in localStorage. */
-async function queued(page: Page): Promise<{ name?: string; url?: string }[]> {
+async function queued(page: Page): Promise<WireEvent[]> {
   return JSON.parse((await page.evaluate((key) => localStorage.getItem(key), QUEUE)) ?? "[]");
 }
 
@@ -462,6 +505,12 @@ test("outbound and download clicks are custom events with the link as url, only 
     pagesWanted[`/${c.prefix}/start`] = 1;
     pagesWanted[`/${c.prefix}/next`] = 1;
     for (const click of c.want) clicksWanted[click] = (clicksWanted[click] ?? 0) + 1;
+    // Closing the context cancels a keepalive request still in flight: first
+    // wait until the server has what this case sent.
+    await eventually(async () => {
+      const [stored, clicked] = [await links.pages(), await links.links()];
+      return [stored[`/${c.prefix}/start`], stored[`/${c.prefix}/next`], ...c.want.map((click) => clicked[click])];
+    }, [1, 1, ...c.want.map((click) => clicksWanted[click])]);
     await context.close();
   }
   await eventually(links.pages, pagesWanted);
@@ -510,6 +559,8 @@ test("events queued when the page goes away are sent with keepalive and arrive",
     pagesWanted[`/leave/${way}`] = 1;
     eventsWanted[`left-${way}`] = 1;
     eventsWanted.pageview++;
+    // Closing the context cancels a keepalive request still in flight.
+    await eventually(async () => (await leave.events())[`left-${way}`], 1);
     await context.close();
   }
   await eventually(leave.pages, pagesWanted);
@@ -531,8 +582,8 @@ test("a batch refused for good is dropped from the queue and not retried", async
       window.tally!.track("refused");
       return window.tally!.flush();
     });
-    const calls = await sent(page);
-    assert.deepEqual(calls.map((call) => [call.status, call.events.length]), [[c.status, 2]], c.prefix);
+    // The page notes the answer once it has read the body, maybe after the tracker.
+    await eventually(async () => (await sent(page)).map((call) => [call.status, call.events.length]), [[c.status, 2]]);
     assert.deepEqual(await queued(page), [], c.prefix);
     // A retry would come after a backoff of at most 30 s; nor does a flush find anything to send.
     await context.clock.runFor(60_000);
@@ -565,5 +616,230 @@ test("an event the server rejects is dropped with its batch; the batch's good ev
   assert.equal((await sent(page)).length, 1);
   const valid = calls[0].events.filter((e) => e.name != tooLong);
   await eventually(rejected.events, Object.fromEntries(valid.map((e) => [e.type == EventType.PAGEVIEW ? "pageview" : e.name, 1])));
+  await context.close();
+});
+
+test("the queue keeps the newest 1,000 events: when it is full, the oldest are dropped", async () => {
+  const bounded = await testSite("bounded");
+  bounded.serve("bounded");
+  const context = await pausedContext();
+  const page = await open("/bounded/page", context);
+  // The clock is paused: nothing goes out while the page tracks more than the queue holds.
+  const tracked = MAX_QUEUE + 10;
+  await page.evaluate((n) => {
+    for (let i = 0; i < n; i++) window.tally!.track("bulk", { n: i });
+  }, tracked);
+  assert.deepEqual(await sent(page), []);
+  // The page view and the first ten events gave way to the last thousand.
+  const newest = Array.from({ length: MAX_QUEUE }, (_, i) => tracked - MAX_QUEUE + i);
+  assert.deepEqual((await queued(page)).map((e) => e.props?.n), newest);
+  await context.clock.resume();
+  await eventually(bounded.events, { bulk: MAX_QUEUE });
+  await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+  const delivered = distinct(await sent(page)).map((e) => e.properties.n?.value.value);
+  assert.deepEqual(delivered, newest);
+  await context.close();
+});
+
+test("with the storage full, tracking throws nothing into the page and events wait in memory", async () => {
+  const full = await testSite("full");
+  full.serve("full");
+  const context = await pausedContext();
+  const page = await open("/full/page", context);
+  assert.deepEqual((await queued(page)).map((e) => e.type), [EventType.PAGEVIEW]);
+  // Fill the origin's storage to its last few characters.
+  const room = await page.evaluate(() => {
+    let filler = "";
+    for (let size = 1 << 24; size >= 16; size >>= 1) {
+      try {
+        localStorage.setItem("filler", filler + "x".repeat(size));
+        filler += "x".repeat(size);
+      } catch {
+        // too much: try half
+      }
+    }
+    try {
+      localStorage.setItem("room", "y".repeat(32));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  assert.equal(room, false, "the storage is full");
+  const names = ["full-1", "full-2", "full-3"];
+  const errors = await page.evaluate((names) => {
+    const caught: string[] = [];
+    for (const name of names) {
+      try {
+        window.tally!.track(name);
+      } catch (error) {
+        caught.push(String(error));
+      }
+    }
+    return caught;
+  }, names);
+  assert.deepEqual(errors, []);
+  // The stored queue could not take them; the tracker holds them in memory and sends them.
+  assert.deepEqual((await queued(page)).map((e) => e.type), [EventType.PAGEVIEW]);
+  await page.evaluate(() => window.tally!.flush());
+  await eventually(full.events, Object.fromEntries([["pageview", 1], ...names.map((name) => [name, 1])]));
+  await context.close();
+});
+
+test("a page restored from the back/forward cache counts a page view again", async () => {
+  const restored = await testSite("bfcache");
+  restored.serve("bfcache");
+  // Playwright turns the cache off unless told not to.
+  const cached = await launch({ ignoreDefaultArgs: ["--disable-back-forward-cache"] });
+  try {
+    const context = await pausedContext(cached);
+    await context.addInitScript(() => addEventListener("pageshow", (ev) => (window.shows = [...(window.shows ?? []), ev.persisted])));
+    const page = await open("/bfcache/page", context);
+    await page.goto(`${origin}/plain`);
+    await page.goBack({ waitUntil: "commit" });
+    await page.waitForFunction(() => window.shows?.length == 2);
+    // The same document, shown again from the cache: its script did not run again.
+    assert.deepEqual(await page.evaluate(() => window.shows), [false, true]);
+    // The keepalive request may still be in flight (it went on while the page
+    // was frozen), and the new view waits for it: let time run.
+    await context.clock.resume();
+    await eventually(async () => (await sent(page)).length, 2);
+    const calls = await sent(page);
+    // The first view went out with keepalive as the page was left; the second after it was restored.
+    assert.deepEqual(
+      calls.map((call) => [call.keepalive, call.events.map(label)]),
+      [
+        [true, ["pageview /bfcache/page"]],
+        [false, ["pageview /bfcache/page"]],
+      ],
+    );
+    assert.equal(distinct(calls).length, 2);
+    await eventually(restored.pages, { "/bfcache/page": 2 });
+    await context.close();
+  } finally {
+    await cached.close();
+  }
+});
+
+test("a middle click opening a link in a new tab counts once as an outbound or download click", async () => {
+  const middle = await testSite("middle");
+  middle.serve("middle", { outbound: "", downloads: "" });
+  const out = elsewhere();
+  const file = `${origin}/files/report.pdf`;
+  const context = await pausedContext();
+  const page = await open("/middle/page", context);
+  const [tab] = await Promise.all([context.waitForEvent("page"), page.click("#out", { button: "middle" })]);
+  await tab.waitForURL(out);
+  await page.click("#file", { button: "middle" });
+  await page.click("#out", { button: "right" }); // a context menu, not a click on the link
+  assert.equal(page.url(), `${origin}/middle/page`, "the links opened elsewhere");
+  await context.clock.resume();
+  await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+  const clicks = distinct(await sent(page))
+    .filter((e) => e.type == EventType.CUSTOM)
+    .map((e) => `${e.name} ${e.properties.url?.value.value}`);
+  assert.deepEqual(clicks, [`outbound ${out}`, `download ${file}`]);
+  await eventually(middle.links, { [`outbound ${out}`]: 1, [`download ${file}`]: 1 });
+  await context.close();
+});
+
+test("a batch answered with an HTTP 4xx (a wrong data-api, a body too large) is dropped, not retried", async () => {
+  const refused = await testSite("http-refused");
+  for (const code of [400, 404, 413]) {
+    const name = `http-${code}`;
+    failing.set(name, code);
+    refused.serve(name, { api: `${origin}/api/${name}` });
+    const context = await pausedContext();
+    const page = await open(`/${name}/page`, context);
+    await page.evaluate((name) => {
+      window.tally!.track(name);
+      return window.tally!.flush();
+    }, name);
+    // The page notes the answer once it has read its body (the tracker does not read it).
+    await eventually(async () => (await sent(page)).map((call) => [call.http, call.events.length]), [[code, 2]]);
+    assert.deepEqual(await queued(page), [], name);
+    // A retry would come after a backoff of at most 30 s; nor does a flush find anything to send.
+    await context.clock.runFor(60_000);
+    await page.evaluate(() => window.tally!.flush());
+    assert.equal((await sent(page)).length, 1, name);
+    await context.close();
+  }
+  assert.deepEqual(await refused.events(), {});
+});
+
+test("a batch answered with HTTP 408, 429 or 5xx is retried with backoff until the server answers", async () => {
+  const retried = await testSite("http-retried");
+  const codes = [408, 429, 502, 503];
+  for (const code of codes) {
+    const name = `http-${code}`;
+    failing.set(name, code);
+    retried.serve(name, { api: `${origin}/api/${name}` });
+    const context = await pausedContext();
+    const page = await open(`/${name}/page`, context);
+    await page.evaluate((name) => {
+      window.tally!.track(name);
+      return window.tally!.flush();
+    }, name);
+    // Each retry waits twice as long as the one before, from a second.
+    for (const backoff of [1000, 2000, 4000]) {
+      const before = (await sent(page)).length;
+      await context.clock.runFor(backoff - 1);
+      assert.equal((await sent(page)).length, before, `${name}: no retry before ${backoff} ms`);
+      await context.clock.runFor(1);
+      await eventually(async () => (await sent(page)).map((call) => call.http), Array(before + 1).fill(code));
+    }
+    // The proxy forwards again: the next retry is delivered.
+    failing.delete(name);
+    await context.clock.runFor(8000);
+    await page.waitForFunction((key) => localStorage.getItem(key) == "[]", QUEUE);
+    const calls = await sent(page);
+    assert.deepEqual(calls.map((call) => call.http), [code, code, code, code, 200], name);
+    // Every attempt carried the same batch.
+    const ids = calls.map((call) => call.events.map((e) => e.eventId));
+    for (const batch of ids) assert.deepEqual(batch, ids[0], name);
+    assert.deepEqual(calls[0].events.map(label), [`pageview /${name}/page`, name]);
+    await context.close();
+  }
+  await eventually(retried.events, Object.fromEntries([["pageview", codes.length], ...codes.map((code) => [`http-${code}`, 1])]));
+});
+
+test("a batch that finishes while a keepalive request is in flight does not send the keepalive's events again", async () => {
+  const overlap = await testSite("overlap");
+  overlap.serve("overlap");
+  const context = await pausedContext();
+  // The tracker sees the answers to its Track requests only when the test releases them.
+  await context.addInitScript(() => {
+    const original = window.fetch;
+    const held: (() => void)[] = [];
+    window.release = (index) => held[index]();
+    window.fetch = (input, init) => {
+      const response = original(input, init);
+      if (!String(input).endsWith("/tally.v1.IngestService/Track")) return response;
+      return new Promise((resolve) => held.push(() => resolve(response)));
+    };
+  });
+  const page = await open("/overlap/page", context);
+  await page.evaluate(() => {
+    window.tally!.track("first");
+    void window.tally!.flush();
+    window.tally!.track("second");
+    // The page is leaving while the first batch is in flight: a keepalive request takes everything.
+    dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  });
+  const requests = [
+    [false, ["pageview /overlap/page", "first"]],
+    [true, ["pageview /overlap/page", "first", "second"]],
+  ];
+  assert.deepEqual((await sent(page)).map((call) => [call.keepalive, call.events.map(label)]), requests);
+  // The first batch is answered: its events leave the queue, "second" stays until the keepalive request is answered.
+  await page.evaluate(() => window.release!(0));
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem("tally_queue")!).length == 1);
+  await context.clock.runFor(60_000);
+  assert.deepEqual((await sent(page)).map((call) => [call.keepalive, call.events.map(label)]), requests);
+  await page.evaluate(() => window.release!(1));
+  await page.waitForFunction(() => localStorage.getItem("tally_queue") == "[]");
+  await context.clock.runFor(60_000);
+  assert.equal((await sent(page)).length, requests.length);
+  await eventually(overlap.events, { pageview: 1, first: 1, second: 1 });
   await context.close();
 });
