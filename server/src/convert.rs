@@ -87,6 +87,8 @@ pub fn recorded_event(e: &StoredEvent) -> v1::RecordedEvent {
         source: e.source.clone(),
         medium: e.medium.clone(),
         campaign: e.campaign.clone(),
+        utm_source: e.utm_source.clone(),
+        utm_medium: e.utm_medium.clone(),
         utm_term: e.utm_term.clone(),
         utm_content: e.utm_content.clone(),
         app_version: e.app_version.clone(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod generate;
 pub mod grpc;
 pub mod ingest;
 pub mod limits;

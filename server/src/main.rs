@@ -1,4 +1,5 @@
-//! The `tally` command: `tally serve` runs the server.
+//! The `tally` command: `tally serve` runs the server; `tally generate` sends
+//! it a synthetic data set.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Runs the server (gRPC, grpc-web, reflection and health on one port).
     Serve(ServeArgs),
+    /// Sends a realistic synthetic data set, the same for the same seed, to a
+    /// running server (or writes it as JSON lines).
+    Generate(tally_server::generate::GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,8 +80,13 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Generate(args) => tally_server::generate::run(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
