@@ -1,6 +1,9 @@
 //! What the server benchmarks share: a `tally` server on a fresh embedded
 //! store with one site, and client helpers.
 
+// Every bench compiles this module and uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,6 +19,11 @@ pub const ADMIN_KEY: &str = "bench-operator-key-0123456789";
 /// Starts `tally` over a store in `dir` with site "bench"; returns its
 /// address, an ingest key of the site and the store.
 pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<EmbeddedStore>) {
+    start_tally_with(dir, Config::default()).await
+}
+
+/// [`start_tally`] with settings (rate limits are off whatever they say).
+pub async fn start_tally_with(dir: &std::path::Path, base: Config) -> (SocketAddr, String, Arc<EmbeddedStore>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
@@ -28,7 +36,7 @@ pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<Embe
             requests_per_second: 0.0,
             ..Default::default()
         },
-        ..Config::default()
+        ..base
     };
     tokio::spawn(async move {
         tally_server::server::run(listener, &config, served, std::future::pending())
