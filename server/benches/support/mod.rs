@@ -23,7 +23,10 @@ pub async fn start_tally(dir: &std::path::Path) -> (SocketAddr, String, Arc<Embe
 }
 
 /// [`start_tally`] with settings (rate limits are off whatever they say).
-pub async fn start_tally_with(dir: &std::path::Path, base: Config) -> (SocketAddr, String, Arc<EmbeddedStore>) {
+pub async fn start_tally_with(
+    dir: &std::path::Path,
+    base: Config,
+) -> (SocketAddr, String, Arc<EmbeddedStore>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());

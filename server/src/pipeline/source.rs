@@ -299,13 +299,40 @@ impl Stage for SourceStage {
         stored.utm_medium = traffic.utm_medium;
         stored.utm_term = traffic.utm_term;
         stored.utm_content = traffic.utm_content;
+        // The tags now live in their fields: the stored URL keeps the page's own parameters.
+        if !stored.query.is_empty() {
+            stored.query = without_tracking(&stored.query);
+        }
         Ok(())
     }
+}
+
+/// A query string (without '?') without its campaign tags (`utm_*`) and ad
+/// click ids; the other parameters keep their order and encoding.
+pub fn without_tracking(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default().to_ascii_lowercase();
+            !(key.starts_with("utm_") || CLICK_IDS.iter().any(|(id, _)| *id == key))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_query_drops_campaign_tags_and_click_ids_only() {
+        assert_eq!(
+            without_tracking("item=42&utm_source=news&UTM_Medium=email&gclid=abc&q=a%20b"),
+            "item=42&q=a%20b"
+        );
+        assert_eq!(without_tracking("utm_campaign=x"), "");
+        assert_eq!(without_tracking("page=2"), "page=2");
+    }
 
     #[test]
     fn most_specific_host_wins() {

@@ -5,6 +5,7 @@ mod auth;
 mod conformance;
 mod engine;
 mod enrichment;
+mod export;
 mod grpc_web;
 mod harness;
 mod ingest;
