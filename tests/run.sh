@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # A target directory outside the clone lets consecutive runs reuse the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}"
+# Incremental caches double the target directory and do not help a run from a fresh clone.
+export CARGO_INCREMENTAL=0
 export GRPCURL="${GRPCURL:-$(go env GOPATH)/bin/grpcurl}"
 
 bash tests/setup.sh
