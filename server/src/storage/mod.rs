@@ -1,10 +1,11 @@
 //! Storage traits: what the core needs from a backend, in small pieces.
 //!
-//! Every backend (the embedded store now, ScyllaDB + Redis later) implements
+//! Every backend (the embedded store, ScyllaDB + Redis) implements
 //! these traits and passes the one suite in [`conformance`].
 
 pub mod conformance;
 pub mod embedded;
+pub mod scylla;
 
 use std::pin::Pin;
 

@@ -12,4 +12,5 @@ mod realtime;
 mod reflection;
 mod report;
 mod script;
+mod scylla;
 mod sessions;

@@ -1,0 +1,153 @@
+//! Duplicate detection in Redis: one key per event id, claimed before the
+//! event is written to Cassandra and marked done once it is durable there.
+//!
+//! A key is `<prefix>d:<site>:<16 id bytes>` with the value `p` (pending: a
+//! request is writing the event, for at most [`CLAIM_TTL`]) or `d` (stored;
+//! kept until the event's timestamp leaves the dedup window). An append
+//! claims its events' keys in one script call:
+//! - a new key is claimed (`p`) and the event written;
+//! - a `d` key means the event is stored: a duplicate;
+//! - a `p` key means another request (on any instance) is writing that event
+//!   right now, or died doing so: the append waits for that request's outcome
+//!   (`d`: a duplicate; the key given back after a failed write, or expired:
+//!   claim it again), and fails with a retryable error if that takes too long.
+//!
+//! Cassandra stays the backstop: the row key of an event is (site, hour,
+//! timestamp, id), so writing the same event twice (a claim that expired
+//! after a write that did land, or Redis losing its data) overwrites one row
+//! and counts once.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::redis_error;
+use crate::storage::StorageError;
+
+/// How long a pending claim lives: longer than any write to Cassandra takes
+/// (its request timeout, with retries), short enough that a retry after a
+/// crash mid-write waits little.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// What the claim of one event found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Newly claimed: write the event.
+    Claimed,
+    /// Stored before: a duplicate.
+    Stored,
+    /// Being written by another request.
+    Pending,
+}
+
+const CLAIM_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
+    out[i] = 0
+  elseif redis.call('GET', key) == 'd' then
+    out[i] = 1
+  else
+    out[i] = 2
+  end
+end
+return out
+";
+
+/// The claim keys of one site.
+pub struct Claims {
+    script: redis::Script,
+    prefix: Vec<u8>,
+}
+
+impl Claims {
+    /// Claims under `prefix` (the deployment's key prefix).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            script: redis::Script::new(CLAIM_SCRIPT),
+            prefix: format!("{prefix}d:").into_bytes(),
+        }
+    }
+
+    /// The key of event `id` of `site`.
+    pub fn key(&self, site: &str, id: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + site.len() + 1 + id.len());
+        key.extend_from_slice(&self.prefix);
+        key.extend_from_slice(site.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(id);
+        key
+    }
+
+    /// Claims every key, in one round trip.
+    pub async fn claim(
+        &self,
+        redis: &mut ConnectionManager,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Claim>, StorageError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for key in keys {
+            invocation.key(key.as_slice());
+        }
+        invocation.arg(CLAIM_TTL.as_millis() as u64);
+        let codes: Vec<i64> = invocation
+            .invoke_async(redis)
+            .await
+            .map_err(|err| redis_error("claim event ids", err))?;
+        if codes.len() != keys.len() {
+            return Err(StorageError::Corrupt(format!(
+                "claim script answered {} codes for {} keys",
+                codes.len(),
+                keys.len()
+            )));
+        }
+        Ok(codes
+            .into_iter()
+            .map(|code| match code {
+                0 => Claim::Claimed,
+                1 => Claim::Stored,
+                _ => Claim::Pending,
+            })
+            .collect())
+    }
+
+    /// Marks claimed keys as stored, each for `ttl_millis` (pipelined).
+    pub async fn mark_stored(
+        &self,
+        redis: &mut ConnectionManager,
+        keys: &[(Vec<u8>, u64)],
+    ) -> Result<(), StorageError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, ttl_millis) in keys {
+            pipe.cmd("SET")
+                .arg(key.as_slice())
+                .arg("d")
+                .arg("PX")
+                .arg((*ttl_millis).max(1))
+                .ignore();
+        }
+        pipe.query_async::<()>(redis)
+            .await
+            .map_err(|err| redis_error("mark event ids stored", err))
+    }
+
+    /// Gives claims back after a failed write (pipelined).
+    pub async fn release(&self, redis: &mut ConnectionManager, keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("DEL").arg(key.as_slice()).ignore();
+        }
+        pipe.query_async::<()>(redis)
+            .await
+            .map_err(|err| redis_error("release event id claims", err))
+    }
+}
