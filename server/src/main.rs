@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_server::config::{Config, LogFormat, Overrides};
+use tally_server::realtime::SystemClock;
+use tally_server::realtime::redis::RedisRealtime;
 use tally_server::storage::embedded::EmbeddedStore;
+use tally_server::storage::scylla::ScyllaStore;
 
 // glibc malloc contends between threads under ingest load; mimalloc does not.
 #[global_allocator]
@@ -53,11 +56,24 @@ struct ServeArgs {
     /// e.g. x-forwarded-for (its first entry is used) [default: the peer address].
     #[arg(long, env = "TALLY_CLIENT_IP_HEADER")]
     client_ip_header: Option<String>,
+    /// Scale-out backend: ScyllaDB (or Cassandra) contact points, HOST:PORT
+    /// separated by ',' (needs --redis too) [default: the embedded store].
+    #[arg(long, env = "TALLY_SCYLLA", value_delimiter = ',')]
+    scylla: Vec<String>,
+    /// Keyspace of the scale-out backend, created if missing [default: tally].
+    #[arg(long, env = "TALLY_SCYLLA_KEYSPACE")]
+    scylla_keyspace: Option<String>,
+    /// Redis of the scale-out backend, e.g. redis://127.0.0.1:6379/ (needs --scylla too).
+    #[arg(long, env = "TALLY_REDIS")]
+    redis: Option<String>,
+    /// Prefix of the Redis keys and channels of this deployment [default: tally:].
+    #[arg(long, env = "TALLY_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
 }
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn,scylla=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -93,18 +109,46 @@ async fn main() -> anyhow::Result<()> {
         log_format: args.log_format,
         geoip_db: args.geoip_db,
         client_ip_header: args.client_ip_header,
+        scylla: args.scylla,
+        scylla_keyspace: args.scylla_keyspace,
+        redis: args.redis,
+        redis_prefix: args.redis_prefix,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     init_logs(config.log_format);
     if config.admin_key.is_none() {
         tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
     }
-    let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
-        .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    if let Some(options) = config.scylla_options() {
+        let store = ScyllaStore::connect(&options).await.with_context(|| {
+            format!(
+                "open the scale-out store (keyspace {} on {}, redis {})",
+                options.keyspace,
+                options.nodes.join(","),
+                options.redis_url
+            )
+        })?;
+        tracing::info!(nodes = %options.nodes.join(","), keyspace = %options.keyspace, "scale-out store open");
+        let realtime =
+            RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
+                .await
+                .context("subscribe to realtime updates in redis")?;
+        tally_server::server::run_with(
+            listener,
+            &config,
+            Arc::new(store),
+            Arc::new(realtime),
+            shutdown_signal(),
+        )
+        .await?;
+        return Ok(());
+    }
+    let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
+        .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
     tally_server::server::run(listener, &config, Arc::new(store), shutdown_signal()).await?;
     Ok(())
 }
