@@ -264,3 +264,263 @@ async fn a_retry_landing_on_the_other_instance_is_a_duplicate() {
     assert_eq!(export(&a).await.len(), 51, "stored once each");
     stop_all(a, b, &options).await;
 }
+
+/// A TCP proxy in front of a server, which can cut every connection (and
+/// refuse new ones) and later let them through again: the server becomes
+/// unreachable without being stopped.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = tokio::sync::watch::Sender::new(true);
+        let opened = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*opened.borrow() {
+                    continue; // dropped: refused
+                }
+                let mut open = opened.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = open.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// A redis-server of the test's own, with an append-only file synced on
+/// every write, so that a restart keeps what it acknowledged.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        services(); // the same requirement as the other tests: fail clearly without them
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (tests/services.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not open port {}", self.port);
+    }
+
+    /// Kills it (SIGKILL: no goodbye to clients).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the writer of a fault test saw.
+#[derive(Debug, Default)]
+struct Outage {
+    /// Batches acknowledged.
+    acknowledged: usize,
+    /// Answers `UNAVAILABLE` with a `RetryInfo` delay.
+    unavailable: usize,
+}
+
+/// Sends `batches` batches of 20 new page views, each until it is
+/// acknowledged, retrying after `UNAVAILABLE` (which must carry `RetryInfo`;
+/// any other error fails the test). Progress goes to `progress`.
+async fn write_through_outage(
+    server: &TestServer,
+    key: &str,
+    batches: usize,
+    progress: tokio::sync::watch::Sender<Outage>,
+) {
+    use tonic_types::StatusExt;
+    let now = now_micros();
+    let started = std::time::Instant::now();
+    for b in 0..batches {
+        let events: Vec<v1::Event> = (0..20u128)
+            .map(|n| {
+                let id = 10_000 + (b as u128) * 100 + n;
+                pageview(
+                    id,
+                    now - (b as i64) * 1_000_000,
+                    "https://s.example/",
+                    &format!("v{}", n % 5),
+                )
+            })
+            .collect();
+        loop {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "no recovery in 2 minutes"
+            );
+            let request = v1::TrackRequest {
+                site_id: "s".into(),
+                events: events.clone(),
+            };
+            match server.ingest().track(authed(key, request)).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    // A retry of a batch that was stored before the answer got lost.
+                    assert_eq!(answer.accepted + answer.duplicates, 20, "{answer:?}");
+                    progress.send_modify(|o| o.acknowledged += 1);
+                    break;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    let retry = status.get_details_retry_info();
+                    assert!(retry.is_some(), "UNAVAILABLE carries RetryInfo: {status:?}");
+                    progress.send_modify(|o| o.unavailable += 1);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a writer of 30 batches while `fault` happens after the 5th
+/// acknowledgment and `repair` after the third `UNAVAILABLE`; then every
+/// event is stored exactly once and the first batches are duplicates.
+async fn survive_fault(
+    server: &TestServer,
+    key: &str,
+    fault: impl FnOnce() -> futures::future::BoxFuture<'static, ()>,
+    repair: impl FnOnce() -> futures::future::BoxFuture<'static, ()>,
+) {
+    let (progress, mut seen) = tokio::sync::watch::channel(Outage::default());
+    let started = std::time::Instant::now();
+    let writer = write_through_outage(server, key, 30, progress);
+    let injector = async {
+        seen.wait_for(|o| o.acknowledged >= 5).await.unwrap();
+        fault().await;
+        seen.wait_for(|o| o.unavailable >= 3).await.unwrap();
+        repair().await;
+    };
+    tokio::join!(writer, injector);
+    eprintln!("fault: over after {:?}", started.elapsed());
+    let outage = seen.borrow();
+    eprintln!("fault: {:?}", *outage);
+    assert_eq!(outage.acknowledged, 30);
+    assert!(outage.unavailable >= 3);
+    drop(outage);
+    let events = export(server).await;
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(events.len(), 600, "every acknowledged event, once");
+    assert_eq!(ids.len(), 600);
+    // Everything sent is remembered: resending the first batch changes nothing.
+    let now = now_micros();
+    let again: Vec<v1::Event> = (0..20u128)
+        .map(|n| pageview(10_000 + n, now, "https://s.example/", &format!("v{}", n % 5)))
+        .collect();
+    assert_eq!(track(server, key, again).await.duplicates, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_is_unavailable_and_ingest_recovers_by_itself() {
+    let redis = std::sync::Arc::new(tokio::sync::Mutex::new(OwnRedis::start().await));
+    let mut options = fresh_options("redisfault");
+    options.redis_url = redis.lock().await.url();
+    let server = TestServer::start_scale_out(&options).await;
+    server.site("s", "UTC").await;
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let (kill, restart) = (redis.clone(), redis.clone());
+    survive_fault(
+        &server,
+        &key,
+        || Box::pin(async move { kill.lock().await.kill() }),
+        || Box::pin(async move { restart.lock().await.restart().await }),
+    )
+    .await;
+    server.stop().await;
+    let store = ScyllaStore::connect(&options).await.unwrap();
+    drop_keyspace(&store, &options.keyspace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_going_away_is_unavailable_and_ingest_recovers_by_itself() {
+    let (cql, _) = services();
+    let proxy = std::sync::Arc::new(Proxy::start(cql.split(',').next().unwrap().to_owned()).await);
+    let mut options = fresh_options("cqlfault");
+    options.nodes = vec![proxy.addr.to_string()];
+    options.request_timeout = std::time::Duration::from_secs(2);
+    let server = TestServer::start_scale_out(&options).await;
+    server.site("s", "UTC").await;
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let (cut, restore) = (proxy.clone(), proxy.clone());
+    survive_fault(
+        &server,
+        &key,
+        || Box::pin(async move { cut.cut() }),
+        || Box::pin(async move { restore.restore() }),
+    )
+    .await;
+    server.stop().await;
+    proxy.restore();
+    let store = ScyllaStore::connect(&options).await.unwrap();
+    drop_keyspace(&store, &options.keyspace).await;
+}
