@@ -4,7 +4,7 @@
 //! A key is `<prefix>d:<site>:<16 id bytes>` with the value `p` (pending: a
 //! request is writing the event, for at most [`CLAIM_TTL`]) or `d` (stored;
 //! kept until the event's timestamp leaves the dedup window). An append
-//! claims its events' keys in one script call:
+//! claims its events' keys in one pipeline:
 //! - a new key is claimed (`p`) and the event written;
 //! - a `d` key means the event is stored: a duplicate;
 //! - a `p` key means another request (on any instance) is writing that event
@@ -40,23 +40,8 @@ pub enum Claim {
     Pending,
 }
 
-const CLAIM_SCRIPT: &str = r"
-local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
-    out[i] = 0
-  elseif redis.call('GET', key) == 'd' then
-    out[i] = 1
-  else
-    out[i] = 2
-  end
-end
-return out
-";
-
 /// The claim keys of one site.
 pub struct Claims {
-    script: redis::Script,
     prefix: Vec<u8>,
 }
 
@@ -64,7 +49,6 @@ impl Claims {
     /// Claims under `prefix` (the deployment's key prefix).
     pub fn new(prefix: &str) -> Self {
         Self {
-            script: redis::Script::new(CLAIM_SCRIPT),
             prefix: format!("{prefix}d:").into_bytes(),
         }
     }
@@ -79,7 +63,9 @@ impl Claims {
         key
     }
 
-    /// Claims every key, in one round trip.
+    /// Claims every key: one pipeline of `SET NX` (each atomic on its own,
+    /// which is all a claim needs), and one of `GET` for the keys that were
+    /// taken, to tell stored from pending.
     pub async fn claim(
         &self,
         redis: &mut ConnectionManager,
@@ -88,30 +74,48 @@ impl Claims {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.script.prepare_invoke();
+        let mut pipe = redis::pipe();
         for key in keys {
-            invocation.key(key.as_slice());
+            pipe.cmd("SET")
+                .arg(key.as_slice())
+                .arg("p")
+                .arg("NX")
+                .arg("PX")
+                .arg(CLAIM_TTL.as_millis() as u64);
         }
-        invocation.arg(CLAIM_TTL.as_millis() as u64);
-        let codes: Vec<i64> = invocation
-            .invoke_async(redis)
+        let set: Vec<Option<String>> = pipe
+            .query_async(redis)
             .await
             .map_err(|err| redis_error("claim event ids", err))?;
-        if codes.len() != keys.len() {
-            return Err(StorageError::Corrupt(format!(
-                "claim script answered {} codes for {} keys",
-                codes.len(),
-                keys.len()
-            )));
-        }
-        Ok(codes
-            .into_iter()
-            .map(|code| match code {
-                0 => Claim::Claimed,
-                1 => Claim::Stored,
-                _ => Claim::Pending,
+        let mut claims: Vec<Claim> = set
+            .iter()
+            .map(|ok| {
+                if ok.is_some() {
+                    Claim::Claimed
+                } else {
+                    Claim::Pending
+                }
             })
-            .collect())
+            .collect();
+        let taken: Vec<usize> = (0..keys.len()).filter(|&i| claims[i] == Claim::Pending).collect();
+        if taken.is_empty() {
+            return Ok(claims);
+        }
+        let mut pipe = redis::pipe();
+        for &i in &taken {
+            pipe.cmd("GET").arg(keys[i].as_slice());
+        }
+        let values: Vec<Option<String>> = pipe
+            .query_async(redis)
+            .await
+            .map_err(|err| redis_error("read event id claims", err))?;
+        for (&i, value) in taken.iter().zip(values) {
+            // Gone meanwhile (given back or expired): pending, claimed again on the next round.
+            if value.as_deref() == Some("d") {
+                claims[i] = Claim::Stored;
+            }
+        }
+        Ok(claims)
     }
 
     /// Marks claimed keys as stored, each for `ttl_millis` (pipelined).

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use scylla::client::session::Session;
+use scylla::statement::Statement;
 
 use super::cql_error;
 use crate::storage::StorageError;
@@ -105,7 +106,13 @@ pub async fn migrate(session: &Session, keyspace: &str, replication_factor: u32)
     result
 }
 
+/// Schema changes wait for every node to agree, which takes longer than a
+/// read or write: they get their own timeout.
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn ddl(session: &Session, statement: &str) -> Result<(), StorageError> {
+    let mut statement = Statement::new(statement);
+    statement.set_request_timeout(Some(DDL_TIMEOUT));
     session
         .query_unpaged(statement, ())
         .await

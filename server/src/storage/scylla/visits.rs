@@ -3,12 +3,14 @@
 //!
 //! The visit rules stay in one place ([`crate::sessions::assign`], in Rust);
 //! Redis makes each visitor's update atomic by optimistic concurrency: read
-//! every visitor of a batch (`MGET`), assign the events, then write back in
-//! one script call that replaces a visitor's state only if it is still the
-//! one that was read (compare and set). Visitors that another instance
-//! changed meanwhile are read and assigned again. Two round trips per batch
-//! whatever its size; a Lua port of the rules would save one, at the price of
-//! keeping two copies of them in step.
+//! every visitor of a batch (`MGET`), assign the events, then write back
+//! only if nobody changed the state meanwhile: `SET NX` for visitors that had
+//! none, and for the others one script call that replaces a state only if it
+//! is still the one that was read (compare and set). Visitors that another
+//! instance changed meanwhile are read and assigned again. Two round trips
+//! per batch whatever its size (the two writes go out together); a Lua port
+//! of the rules would save one, at the price of keeping two copies of them
+//! in step.
 
 use std::collections::HashMap;
 
@@ -86,6 +88,9 @@ impl Visits {
                 .map_err(|err| redis_error("read visit state", err))?;
             let mut invocation = self.script.prepare_invoke();
             invocation.arg(ttl_millis);
+            let mut existing = Vec::new();
+            let mut fresh = redis::pipe();
+            let mut fresh_visitors = Vec::new();
             for ((visitor, key), old) in pending.iter().zip(&keys).zip(&current) {
                 let mut state: VisitorVisits = match old {
                     Some(raw) => serde_json::from_slice(raw)
@@ -97,18 +102,50 @@ impl Visits {
                 }
                 let new = serde_json::to_vec(&state)
                     .map_err(|err| StorageError::Corrupt(format!("visit state {key}: {err}")))?;
-                invocation
-                    .key(key.as_str())
-                    .arg(old.as_deref().unwrap_or_default())
-                    .arg(new);
+                match old {
+                    Some(old) => {
+                        invocation.key(key.as_str()).arg(old.as_slice()).arg(new);
+                        existing.push(*visitor);
+                    }
+                    None => {
+                        fresh
+                            .cmd("SET")
+                            .arg(key.as_str())
+                            .arg(new)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(ttl_millis);
+                        fresh_visitors.push(*visitor);
+                    }
+                }
             }
-            let failed: Vec<usize> = invocation
-                .invoke_async(redis)
-                .await
-                .map_err(|err| redis_error("write visit state", err))?;
-            pending = failed
-                .into_iter()
-                .filter_map(|i| pending.get(i.wrapping_sub(1)).copied())
+            let mut fresh_redis = redis.clone();
+            let created = async {
+                if fresh_visitors.is_empty() {
+                    return Ok(Vec::new());
+                }
+                fresh.query_async::<Vec<Option<String>>>(&mut fresh_redis).await
+            };
+            let replaced = async {
+                if existing.is_empty() {
+                    return Ok(Vec::new());
+                }
+                invocation.invoke_async::<Vec<usize>>(redis).await
+            };
+            let (created, replaced) = tokio::join!(created, replaced);
+            let created = created.map_err(|err| redis_error("write visit state", err))?;
+            let replaced = replaced.map_err(|err| redis_error("write visit state", err))?;
+            // Visitors whose state changed under us: assign them again.
+            pending = fresh_visitors
+                .iter()
+                .zip(created)
+                .filter(|(_, ok)| ok.is_none())
+                .map(|(visitor, _)| *visitor)
+                .chain(
+                    replaced
+                        .into_iter()
+                        .filter_map(|i| existing.get(i.wrapping_sub(1)).copied()),
+                )
                 .collect();
         }
         Err(StorageError::Unavailable(format!(
