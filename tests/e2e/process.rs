@@ -34,6 +34,13 @@ pub struct Tally {
 impl Tally {
     /// Starts `tally serve` on `data_dir` and waits until it answers.
     pub async fn start(data_dir: &Path) -> Self {
+        let args = [std::ffi::OsString::from("--data-dir"), data_dir.into()];
+        Self::start_with(&args).await
+    }
+
+    /// Starts `tally serve` with `args` (besides the listen address) and
+    /// waits until it answers.
+    pub async fn start_with(args: &[std::ffi::OsString]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,8 +48,8 @@ impl Tally {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(tally_binary())
-            .args(["serve", "--listen", &addr, "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--listen", &addr])
+            .args(args)
             .env("TALLY_ADMIN_KEY", ADMIN_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -55,7 +62,7 @@ impl Tally {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
                 .unwrap()
@@ -73,7 +80,7 @@ impl Tally {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("tally did not start on {} within 30 s", self.addr);
+        panic!("tally did not start on {} within 90 s", self.addr);
     }
 
     pub async fn channel(&self) -> Channel {
