@@ -27,6 +27,8 @@ services_wait
 echo "== tests"
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# Only the cargo tests use them: free the cores and memory for the SDK suites.
+services_stop
 
 echo "== kotlin sdk (mvn test: JUnit on the JVM against the tally binary)"
 reports=sdk-kotlin-bridge/target/surefire-reports
