@@ -528,3 +528,53 @@ async fn cassandra_going_away_is_unavailable_and_ingest_recovers_by_itself() {
     let store = ScyllaStore::connect(&options).await.unwrap();
     drop_keyspace(&store, &options.keyspace).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookieless_visitor_ids_agree_across_instances() {
+    // Without an anonymous id, the visitor id is a keyed hash of address and
+    // user agent with the day's salt: every instance must use the same secret
+    // and salt, whichever creates them first.
+    let (a, b, ingest, _, options) = two_instances("salts").await;
+    let now = now_micros();
+    let browser = |id: u128, ip: &str| v1::Event {
+        anonymous_id: String::new(),
+        context: Some(v1::Context {
+            ip: ip.into(),
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
+            ..Default::default()
+        }),
+        ..pageview(id, now - 60_000_000 + id as i64, "https://s.example/", "")
+    };
+    // First uses of the day's salt on both instances at once.
+    let (on_a, on_b) = tokio::join!(
+        track(
+            &a,
+            &ingest,
+            vec![browser(1, "203.0.113.7"), browser(2, "203.0.113.8")]
+        ),
+        track(
+            &b,
+            &ingest,
+            vec![browser(3, "203.0.113.7"), browser(4, "203.0.113.8")]
+        ),
+    );
+    assert_eq!(on_a.accepted + on_b.accepted, 4);
+    let events = export(&a).await;
+    let visitor = |id: u128| {
+        let id = uuid::Uuid::from_u128(id).to_string();
+        events
+            .iter()
+            .find(|e| e.event_id == id)
+            .unwrap()
+            .visitor_id
+            .clone()
+    };
+    assert_eq!(
+        visitor(1),
+        visitor(3),
+        "the same browser is one visitor on both instances"
+    );
+    assert_eq!(visitor(2), visitor(4));
+    assert_ne!(visitor(1), visitor(2), "another address is another visitor");
+    stop_all(a, b, &options).await;
+}
