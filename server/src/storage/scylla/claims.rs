@@ -140,18 +140,56 @@ impl Claims {
             .await
             .map_err(|err| redis_error("mark event ids stored", err))
     }
+}
 
-    /// Gives claims back after a failed write (pipelined).
-    pub async fn release(&self, redis: &mut ConnectionManager, keys: &[Vec<u8>]) -> Result<(), StorageError> {
-        if keys.is_empty() {
-            return Ok(());
+/// Claims that an append holds: given back when it ends without settling
+/// them, on an error or when the request is dropped mid-way (a client that
+/// gave up), so that its retry need not wait for [`CLAIM_TTL`]. Giving back
+/// is safe even if the write landed after all: writing the event again
+/// overwrites the same row.
+pub struct Held {
+    redis: ConnectionManager,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Held {
+    /// No claims yet.
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self {
+            redis,
+            keys: Vec::new(),
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("DEL").arg(key.as_slice()).ignore();
+    }
+
+    /// Holds one more claim.
+    pub fn push(&mut self, key: Vec<u8>) {
+        self.keys.push(key);
+    }
+
+    /// The claims are settled (marked stored): nothing to give back.
+    pub fn settle(mut self) {
+        self.keys.clear();
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
         }
-        pipe.query_async::<()>(redis)
-            .await
-            .map_err(|err| redis_error("release event id claims", err))
+        let keys = std::mem::take(&mut self.keys);
+        let mut redis = self.redis.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // they expire by themselves
+        };
+        runtime.spawn(async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("DEL").arg(key.as_slice()).ignore();
+            }
+            if let Err(error) = pipe.query_async::<()>(&mut redis).await {
+                tracing::warn!(%error, claims = keys.len(), "claims not given back; they expire by themselves");
+            }
+        });
     }
 }

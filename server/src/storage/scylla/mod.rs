@@ -617,22 +617,20 @@ impl EventStore for ScyllaStore {
             .collect();
         let mut redis = self.redis.clone();
         let mut found = self.claims.claim(&mut redis, &keys).await?;
+        let mut held = claims::Held::new(redis.clone());
+        for k in (0..firsts.len()).filter(|&k| found[k] == Claim::Claimed) {
+            held.push(keys[k].clone());
+        }
         // Ids that another request is writing right now: wait for its outcome
         // (stored: a duplicate; given back or expired: claim them again).
+        // Every early return below gives our claims back (`held`).
         let mut waiting: Vec<usize> = (0..firsts.len())
             .filter(|&k| found[k] == Claim::Pending)
             .collect();
         let deadline = Instant::now() + PENDING_WAIT;
         let mut delay = Duration::from_millis(2);
         while !waiting.is_empty() {
-            let claimed: Vec<Vec<u8>> = (0..firsts.len())
-                .filter(|&k| found[k] == Claim::Claimed)
-                .map(|k| keys[k].clone())
-                .collect();
             if Instant::now() > deadline {
-                if let Err(error) = self.claims.release(&mut redis, &claimed).await {
-                    tracing::warn!(%error, "claims not released; they expire by themselves");
-                }
                 let id = events[firsts[waiting[0]]]
                     .id()
                     .map(|id| id.to_string())
@@ -644,14 +642,11 @@ impl EventStore for ScyllaStore {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
             let again: Vec<Vec<u8>> = waiting.iter().map(|&k| keys[k].clone()).collect();
-            let result = match self.claims.claim(&mut redis, &again).await {
-                Ok(result) => result,
-                Err(error) => {
-                    let _ = self.claims.release(&mut redis, &claimed).await;
-                    return Err(error);
-                }
-            };
+            let result = self.claims.claim(&mut redis, &again).await?;
             for (&k, claim) in waiting.iter().zip(result) {
+                if claim == Claim::Claimed {
+                    held.push(keys[k].clone());
+                }
                 found[k] = claim;
             }
             waiting.retain(|&k| found[k] == Claim::Pending);
@@ -659,14 +654,8 @@ impl EventStore for ScyllaStore {
         let claimed: Vec<usize> = (0..firsts.len())
             .filter(|&k| found[k] == Claim::Claimed)
             .collect();
-        let claimed_keys = || claimed.iter().map(|&k| keys[k].clone()).collect::<Vec<_>>();
         let to_write: Vec<&StoredEvent> = claimed.iter().map(|&k| &events[firsts[k]]).collect();
-        if let Err(error) = self.write_events(site, ttl_secs, &to_write).await {
-            if let Err(release) = self.claims.release(&mut redis, &claimed_keys()).await {
-                tracing::warn!(error = %release, "claims not released; they expire by themselves");
-            }
-            return Err(error);
-        }
+        self.write_events(site, ttl_secs, &to_write).await?;
         let now = now_micros();
         let stored: Vec<(Vec<u8>, u64)> = claimed
             .iter()
@@ -681,6 +670,7 @@ impl EventStore for ScyllaStore {
         if let Err(error) = self.claims.mark_stored(&mut redis, &stored).await {
             tracing::warn!(%error, events = stored.len(), "event ids not marked stored");
         }
+        held.settle();
         for &k in &claimed {
             outcomes[firsts[k]] = AppendOutcome::Stored;
         }
