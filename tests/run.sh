@@ -12,17 +12,25 @@ export GRPCURL="${GRPCURL:-$(go env GOPATH)/bin/grpcurl}"
 
 bash tests/setup.sh
 
+# Cassandra and redis-server for the ScyllaDB + Redis tests: started once, in
+# the background while the checks and the build run, stopped on exit.
+source tests/services.sh
+log="$(mktemp)"
+trap 'services_stop; rm -f "$log"' EXIT
+services_start
+
 echo "== format"
 cargo fmt --all --check
 echo "== lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+services_wait
 echo "== tests"
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# Only the cargo tests use them: free the cores and memory for the SDK suites.
+services_stop
 
 echo "== kotlin sdk (mvn test: JUnit on the JVM against the tally binary)"
 reports=sdk-kotlin-bridge/target/surefire-reports

@@ -2,7 +2,9 @@
 # Installs what the test suite needs beyond the Rust toolchain, once per machine:
 # grpcurl (from the Go module proxy), used by the end-to-end suite, and Java 17
 # with Maven (from Debian), which build and test the Kotlin SDK, and Node.js 20+
-# with Chromium (from Debian), which build and test the web SDK in a real browser.
+# with Chromium (from Debian), which build and test the web SDK in a real browser,
+# and redis-server (Debian) for the ScyllaDB + Redis tests (tests/services.sh
+# resolves Cassandra from Maven Central).
 set -euo pipefail
 
 GRPCURL_VERSION="v1.9.4"
@@ -18,6 +20,7 @@ command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   apt-get update -qq

@@ -56,6 +56,36 @@ pub struct FileConfig {
     pub rate_limits: Option<RateLimitConfig>,
     /// OTLP/gRPC endpoint that receives traces.
     pub otlp_endpoint: Option<String>,
+    /// The ScyllaDB (CQL) cluster of the scale-out backend.
+    pub scylla: Option<FileScylla>,
+    /// The Redis of the scale-out backend.
+    pub redis: Option<FileRedis>,
+}
+
+/// The `[scylla]` table of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScylla {
+    /// Contact points, `host:port`.
+    pub nodes: Option<Vec<String>>,
+    /// Keyspace.
+    pub keyspace: Option<String>,
+    /// Replication factor of a keyspace that tally creates.
+    pub replication_factor: Option<u32>,
+    /// Consistency level of reads and writes, e.g. `local_quorum`.
+    pub consistency: Option<String>,
+    /// Seconds a CQL request may take.
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// The `[redis]` table of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    /// URL, `redis://host:port/db`.
+    pub url: Option<String>,
+    /// Prefix of every key and channel.
+    pub prefix: Option<String>,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -75,6 +105,33 @@ pub struct Overrides {
     pub client_ip_header: Option<String>,
     /// `--otlp-endpoint` / `TALLY_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
+    /// `--scylla` / `TALLY_SCYLLA` (empty: not given).
+    pub scylla: Vec<String>,
+    /// `--scylla-keyspace` / `TALLY_SCYLLA_KEYSPACE`.
+    pub scylla_keyspace: Option<String>,
+    /// `--redis` / `TALLY_REDIS`.
+    pub redis: Option<String>,
+    /// `--redis-prefix` / `TALLY_REDIS_PREFIX`.
+    pub redis_prefix: Option<String>,
+}
+
+/// Settings of the scale-out backend (ScyllaDB + Redis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleOut {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// Keyspace.
+    pub keyspace: String,
+    /// Replication factor of a keyspace that tally creates.
+    pub replication_factor: u32,
+    /// Consistency level name (validated).
+    pub consistency: String,
+    /// Time a CQL request may take.
+    pub request_timeout: Duration,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
 }
 
 /// The validated configuration.
@@ -103,6 +160,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// OTLP/gRPC endpoint (`http://host:4317`) that receives traces; `None`: no export.
     pub otlp_endpoint: Option<String>,
+    /// The scale-out backend; `None`: the embedded store in `data_dir`.
+    pub scale_out: Option<ScaleOut>,
 }
 
 /// Default listen address.
@@ -123,6 +182,7 @@ impl Default for Config {
             client_ip_header: None,
             rate_limits: RateLimitConfig::default(),
             otlp_endpoint: None,
+            scale_out: None,
         }
     }
 }
@@ -164,6 +224,22 @@ impl Config {
         crate::storage::embedded::EmbeddedOptions {
             dedup_window_days: past_days + 1,
         }
+    }
+
+    /// Options of the scale-out store, when it is configured; its dedup
+    /// window is the embedded store's.
+    pub fn scylla_options(&self) -> Option<crate::storage::scylla::ScyllaOptions> {
+        let scale_out = self.scale_out.as_ref()?;
+        Some(crate::storage::scylla::ScyllaOptions {
+            nodes: scale_out.nodes.clone(),
+            keyspace: scale_out.keyspace.clone(),
+            replication_factor: scale_out.replication_factor,
+            consistency: crate::storage::scylla::parse_consistency(&scale_out.consistency)?,
+            request_timeout: scale_out.request_timeout,
+            redis_url: scale_out.redis_url.clone(),
+            redis_prefix: scale_out.redis_prefix.clone(),
+            dedup_window_days: self.embedded_options().dedup_window_days,
+        })
     }
 
     /// Configuration of the ingest pipeline's stages.
@@ -277,7 +353,19 @@ impl Config {
                 message: format!("{header:?} is not an HTTP header name such as x-forwarded-for"),
             });
         }
+        let scale_out = resolve_scale_out(
+            file.scylla.unwrap_or_default(),
+            file.redis.unwrap_or_default(),
+            Overrides {
+                scylla: overrides.scylla,
+                scylla_keyspace: overrides.scylla_keyspace,
+                redis: overrides.redis,
+                redis_prefix: overrides.redis_prefix,
+                ..Overrides::default()
+            },
+        )?;
         Ok(Self {
+            scale_out,
             listen,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
             admin_key,
@@ -301,6 +389,98 @@ impl Config {
             client_ip_header,
         })
     }
+}
+
+/// The scale-out settings: none, or both a cluster and a Redis.
+fn resolve_scale_out(
+    scylla: FileScylla,
+    redis: FileRedis,
+    overrides: Overrides,
+) -> Result<Option<ScaleOut>, ConfigError> {
+    let invalid = |name, message: String| ConfigError::Invalid { name, message };
+    let nodes: Vec<String> = if overrides.scylla.is_empty() {
+        scylla.nodes.unwrap_or_default()
+    } else {
+        overrides.scylla
+    };
+    let nodes: Vec<String> = nodes
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            // A bare host means the CQL default port.
+            if n.rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            {
+                n.to_owned()
+            } else {
+                format!("{n}:9042")
+            }
+        })
+        .collect();
+    let redis_url = overrides.redis.or(redis.url).filter(|u| !u.is_empty());
+    let redis_url = match (nodes.is_empty(), redis_url) {
+        (true, None) => return Ok(None),
+        (false, Some(url)) => url,
+        (true, Some(_)) => {
+            return Err(invalid(
+                "scylla",
+                "--redis needs --scylla HOST:PORT,... too: the scale-out backend uses both".into(),
+            ));
+        }
+        (false, None) => {
+            return Err(invalid(
+                "redis",
+                "--scylla needs --redis redis://HOST:PORT/ too: the scale-out backend uses both".into(),
+            ));
+        }
+    };
+    if !(redis_url.starts_with("redis://")
+        || redis_url.starts_with("rediss://")
+        || redis_url.starts_with("unix://"))
+    {
+        return Err(invalid(
+            "redis",
+            format!("{redis_url:?} is not a Redis URL such as redis://127.0.0.1:6379/"),
+        ));
+    }
+    let keyspace = overrides
+        .scylla_keyspace
+        .or(scylla.keyspace)
+        .unwrap_or_else(|| "tally".into());
+    crate::storage::scylla::schema::check_keyspace_name(&keyspace)
+        .map_err(|m| invalid("scylla.keyspace", m))?;
+    let consistency = scylla.consistency.unwrap_or_else(|| "local_quorum".into());
+    if crate::storage::scylla::parse_consistency(&consistency).is_none() {
+        return Err(invalid(
+            "scylla.consistency",
+            format!("{consistency:?} is not a consistency level such as one, quorum or local_quorum"),
+        ));
+    }
+    let replication_factor = scylla.replication_factor.unwrap_or(1);
+    if !(1..=9).contains(&replication_factor) {
+        return Err(invalid("scylla.replication_factor", "must be 1-9".into()));
+    }
+    let request_timeout = Duration::from_secs(scylla.request_timeout_secs.unwrap_or(5));
+    if !(1..=120).contains(&request_timeout.as_secs()) {
+        return Err(invalid("scylla.request_timeout_secs", "must be 1-120".into()));
+    }
+    let redis_prefix = overrides
+        .redis_prefix
+        .or(redis.prefix)
+        .unwrap_or_else(|| "tally:".into());
+    if redis_prefix.len() > 64 {
+        return Err(invalid("redis.prefix", "must be at most 64 bytes".into()));
+    }
+    Ok(Some(ScaleOut {
+        nodes,
+        keyspace,
+        replication_factor,
+        consistency,
+        request_timeout,
+        redis_url,
+        redis_prefix,
+    }))
 }
 
 #[cfg(test)]
@@ -367,5 +547,84 @@ mod tests {
         assert!(err.to_string().contains("admin_key"), "{err}");
         let err = toml::from_str::<FileConfig>("lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn scale_out_needs_both_scylla_and_redis() {
+        assert_eq!(
+            Config::resolve(FileConfig::default(), Overrides::default())
+                .unwrap()
+                .scale_out,
+            None,
+            "the embedded store by default"
+        );
+        let file: FileConfig = toml::from_str(
+            "[scylla]\nnodes = [\"10.0.0.1:9042\", \"10.0.0.2\"]\nkeyspace = \"analytics\"\n\
+             consistency = \"quorum\"\nreplication_factor = 3\n[redis]\nurl = \"redis://10.0.0.9:6379/\"",
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default()).unwrap();
+        let scale_out = config.scale_out.clone().unwrap();
+        assert_eq!(scale_out.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(scale_out.keyspace, "analytics");
+        assert_eq!(scale_out.redis_prefix, "tally:");
+        let options = config.scylla_options().unwrap();
+        assert_eq!(options.replication_factor, 3);
+        assert_eq!(options.dedup_window_days, 32);
+        let flags = Overrides {
+            scylla: vec!["127.0.0.1:19042".into()],
+            redis: Some("redis://127.0.0.1:16379/".into()),
+            scylla_keyspace: Some("other".into()),
+            redis_prefix: Some("blue:".into()),
+            ..Default::default()
+        };
+        let file: FileConfig = toml::from_str("[scylla]\nkeyspace = \"analytics\"").unwrap();
+        let scale_out = Config::resolve(file, flags).unwrap().scale_out.unwrap();
+        assert_eq!(
+            (
+                scale_out.nodes[0].as_str(),
+                scale_out.keyspace.as_str(),
+                scale_out.redis_prefix.as_str()
+            ),
+            ("127.0.0.1:19042", "other", "blue:")
+        );
+        for (flags, named) in [
+            (
+                Overrides {
+                    scylla: vec!["127.0.0.1:9042".into()],
+                    ..Default::default()
+                },
+                "redis",
+            ),
+            (
+                Overrides {
+                    redis: Some("redis://127.0.0.1/".into()),
+                    ..Default::default()
+                },
+                "scylla",
+            ),
+            (
+                Overrides {
+                    scylla: vec!["127.0.0.1:9042".into()],
+                    redis: Some("127.0.0.1:6379".into()),
+                    ..Default::default()
+                },
+                "redis",
+            ),
+            (
+                Overrides {
+                    scylla: vec!["127.0.0.1:9042".into()],
+                    redis: Some("redis://127.0.0.1/".into()),
+                    scylla_keyspace: Some("bad-name".into()),
+                    ..Default::default()
+                },
+                "scylla.keyspace",
+            ),
+        ] {
+            let err = Config::resolve(FileConfig::default(), flags).unwrap_err();
+            assert!(err.to_string().contains(&format!("setting {named}:")), "{err}");
+        }
+        let err = toml::from_str::<FileConfig>("[scylla]\nnode = [\"x\"]").unwrap_err();
+        assert!(err.to_string().contains("node"), "{err}");
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_server::config::{Config, LogFormat, Overrides};
+use tally_server::realtime::SystemClock;
+use tally_server::realtime::redis::RedisRealtime;
 use tally_server::storage::embedded::EmbeddedStore;
+use tally_server::storage::scylla::ScyllaStore;
 
 // glibc malloc contends between threads under ingest load; mimalloc does not.
 #[global_allocator]
@@ -61,6 +64,19 @@ struct ServeArgs {
     /// and store call, e.g. http://127.0.0.1:4317 [default: no export].
     #[arg(long, env = "TALLY_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Scale-out backend: ScyllaDB (or Cassandra) contact points, HOST:PORT
+    /// separated by ',' (needs --redis too) [default: the embedded store].
+    #[arg(long, env = "TALLY_SCYLLA", value_delimiter = ',')]
+    scylla: Vec<String>,
+    /// Keyspace of the scale-out backend, created if missing [default: tally].
+    #[arg(long, env = "TALLY_SCYLLA_KEYSPACE")]
+    scylla_keyspace: Option<String>,
+    /// Redis of the scale-out backend, e.g. redis://127.0.0.1:6379/ (needs --scylla too).
+    #[arg(long, env = "TALLY_REDIS")]
+    redis: Option<String>,
+    /// Prefix of the Redis keys and channels of this deployment [default: tally:].
+    #[arg(long, env = "TALLY_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -95,18 +111,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         geoip_db: args.geoip_db,
         client_ip_header: args.client_ip_header,
         otlp_endpoint: args.otlp_endpoint,
+        scylla: args.scylla,
+        scylla_keyspace: args.scylla_keyspace,
+        redis: args.redis,
+        redis_prefix: args.redis_prefix,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let _telemetry = tally_server::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     if config.admin_key.is_none() {
         tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
     }
-    let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
-        .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    if let Some(options) = config.scylla_options() {
+        let store = ScyllaStore::connect(&options).await.with_context(|| {
+            format!(
+                "open the scale-out store (keyspace {} on {}, redis {})",
+                options.keyspace,
+                options.nodes.join(","),
+                options.redis_url
+            )
+        })?;
+        tracing::info!(nodes = %options.nodes.join(","), keyspace = %options.keyspace, "scale-out store open");
+        let realtime =
+            RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
+                .await
+                .context("subscribe to realtime updates in redis")?;
+        tally_server::server::run_with(
+            listener,
+            &config,
+            Arc::new(store),
+            Arc::new(realtime),
+            shutdown_signal(),
+        )
+        .await?;
+        return Ok(());
+    }
+    let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
+        .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
     tally_server::server::run(listener, &config, Arc::new(store), shutdown_signal()).await?;
     Ok(())
 }

@@ -20,7 +20,8 @@ use crate::grpc::{AdminApi, Core, IngestApi, QueryApi, SessionApi};
 use crate::ingest::Ingest;
 use crate::pipeline::{GeoError, Pipeline};
 use crate::query::Query;
-use crate::realtime::Realtime;
+use crate::realtime::memory::MemoryRealtime;
+use crate::realtime::{Realtime, RealtimeBackend, SystemClock};
 use crate::rollup::Rollups;
 use crate::storage::Store;
 
@@ -41,11 +42,20 @@ pub enum ServeError {
     Geo(#[from] GeoError),
 }
 
-/// Builds the core services over `store`.
+/// Builds the core services over `store`, with realtime counters in memory.
 pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Core>, ServeError> {
+    build_core_with(config, store, Arc::new(MemoryRealtime::default())).await
+}
+
+/// Builds the core services over `store` and a realtime backend.
+pub async fn build_core_with(
+    config: &Config,
+    store: Arc<dyn Store>,
+    realtime: Arc<dyn RealtimeBackend>,
+) -> Result<Arc<Core>, ServeError> {
     let secret = store.instance_secret().await?;
     let pipeline = Pipeline::build(&config.pipeline(), secret)?;
-    let realtime = Arc::new(Realtime::in_memory());
+    let realtime = Arc::new(Realtime::new(realtime, Arc::new(SystemClock)));
     let started = std::time::Instant::now();
     let events = realtime.rebuild(store.as_ref()).await?;
     tracing::info!(events, elapsed = ?started.elapsed(), "realtime window rebuilt from the store");
@@ -53,7 +63,9 @@ pub async fn build_core(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Co
         &config.rate_limits,
         config.limits.max_batch_events,
     ));
-    let rollups = Arc::new(Rollups::new(true));
+    // One instance's memory cannot keep the rollups of a store that several
+    // instances write: reports over a shared store scan raw events.
+    let rollups = Arc::new(Rollups::new(!store.shared()));
     let started = std::time::Instant::now();
     rollups.rebuild(store.as_ref()).await?;
     tracing::info!(elapsed = ?started.elapsed(), "rollups rebuilt from the store");
@@ -94,13 +106,32 @@ fn cors() -> CorsLayer {
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Realtime counters live in this process's memory.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let core = build_core(config, store).await?;
+    run_with(
+        listener,
+        config,
+        store,
+        Arc::new(MemoryRealtime::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with another realtime backend (e.g. Redis, shared by instances).
+pub async fn run_with(
+    listener: TcpListener,
+    config: &Config,
+    store: Arc<dyn Store>,
+    realtime: Arc<dyn RealtimeBackend>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let core = build_core_with(config, store, realtime).await?;
     let core_for_flush = core.clone();
     let max = config.max_message_bytes;
 

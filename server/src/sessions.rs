@@ -25,7 +25,7 @@ pub const MAX_VISIT_MICROS: i64 = 86_400_000_000;
 const KEPT_VISITS: usize = 4;
 
 /// One visit as the assignment needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VisitState {
     /// Visit id.
     pub id: u64,
@@ -41,8 +41,9 @@ pub struct VisitState {
     pub client_session: String,
 }
 
-/// The recent visits of one visitor, newest last.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The recent visits of one visitor, newest last. Serializable, for
+/// backends that keep it outside the process (Redis).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VisitorVisits {
     /// Visits, by start time.
     pub visits: Vec<VisitState>,

@@ -37,17 +37,31 @@ impl Tally {
         Self::start_with(&tally_binary(), data_dir, &[]).await
     }
 
+    /// Starts `tally serve` with `args` (besides the listen address) and
+    /// waits until it answers.
+    pub async fn start_with_args(args: &[std::ffi::OsString]) -> Self {
+        let extra: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        Self::spawn(&tally_binary(), None, &extra).await
+    }
+
     /// Starts `binary serve` on `data_dir` with extra flags and waits until it answers.
     pub async fn start_with(binary: &Path, data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Self {
+        Self::spawn(binary, Some(data_dir), extra).await
+    }
+
+    async fn spawn(binary: &Path, data_dir: Option<&Path>, extra: &[&std::ffi::OsStr]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args(["serve", "--listen", &addr, "--data-dir"])
-            .arg(data_dir)
+        let mut command = Command::new(binary);
+        command.args(["serve", "--listen", &addr]);
+        if let Some(dir) = data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
+        let child = command
             .args(extra)
             .env("TALLY_ADMIN_KEY", ADMIN_KEY)
             .env("RUST_LOG", "warn")
@@ -61,7 +75,7 @@ impl Tally {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
                 .unwrap()
@@ -79,7 +93,7 @@ impl Tally {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("tally did not start on {} within 30 s", self.addr);
+        panic!("tally did not start on {} within 90 s", self.addr);
     }
 
     pub async fn channel(&self) -> Channel {

@@ -5,9 +5,9 @@
 //! [`RealtimeBackend`] keeps per-minute counters for the last
 //! [`WINDOW_MINUTES`] minutes and what the "top" lists of the last
 //! [`ACTIVE_MINUTES`] minutes need, and tells watchers that a site changed.
-//! The in-memory backend ([`memory::MemoryRealtime`]) is the default; a Redis
-//! backend (per-minute counters, HyperLogLog uniques, pub/sub across
-//! instances) fits the same trait.
+//! The in-memory backend ([`memory::MemoryRealtime`]) is the default; with
+//! several instances, [`redis::RedisRealtime`] fans every instance's hits out
+//! to the others over Redis pub/sub.
 //!
 //! Events are placed by their own timestamp: events older than the window
 //! are ignored, and events stamped in the future (a client clock running
@@ -16,6 +16,7 @@
 //! apart from people, so either answer is possible.
 
 pub mod memory;
+pub mod redis;
 pub mod uniques;
 mod watch;
 
@@ -46,8 +47,9 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 
-/// What a realtime view needs of one stored event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a realtime view needs of one stored event (serializable: the Redis
+/// backend sends hits to the other instances).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hit {
     /// Event timestamp, microseconds since the Unix epoch.
     pub ts_micros: i64,
@@ -99,6 +101,12 @@ pub trait RealtimeBackend: Send + Sync + 'static {
     /// Counts events of `site` that were just stored; `now_micros` is the
     /// current time, which places the window.
     async fn record(&self, site: &SiteId, hits: &[Hit], now_micros: i64) -> Result<(), StorageError>;
+
+    /// Counts events replayed from the store at start-up, in this instance
+    /// only (the other instances counted them when they were ingested).
+    async fn restore(&self, site: &SiteId, hits: &[Hit], now_micros: i64) -> Result<(), StorageError> {
+        self.record(site, hits, now_micros).await
+    }
 
     /// The site's realtime report at `now_micros`, with "top" lists of at most
     /// `top_limit` entries; bots count only with `include_bots`.
@@ -257,7 +265,7 @@ impl Realtime {
                 let chunk = chunk?;
                 let hits: Vec<Hit> = chunk.iter().filter_map(Hit::of).collect();
                 counted += hits.len() as u64;
-                self.backend.record(&id, &hits, now).await?;
+                self.backend.restore(&id, &hits, now).await?;
             }
         }
         Ok(counted)

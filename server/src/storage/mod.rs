@@ -1,10 +1,11 @@
 //! Storage traits: what the core needs from a backend, in small pieces.
 //!
-//! Every backend (the embedded store now, ScyllaDB + Redis later) implements
+//! Every backend (the embedded store, ScyllaDB + Redis) implements
 //! these traits and passes the one suite in [`conformance`].
 
 pub mod conformance;
 pub mod embedded;
+pub mod scylla;
 
 use std::pin::Pin;
 
@@ -70,6 +71,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Streams a site's events with timestamps in `[from_micros, to_micros)`,
     /// ordered by timestamp, then event id.
     fn scan(&self, site: &SiteId, from_micros: i64, to_micros: i64) -> EventChunks;
+
+    /// True when several server instances write this store (then no
+    /// instance sees every write, and in-memory aggregates cannot be kept).
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Deletes a person's events of a site, durably (GDPR erasure); returns
     /// how many. Their event ids stay known as duplicates, so a client that

@@ -1,4 +1,5 @@
-//! Starts a server on port 0 with a fresh data directory and gives typed clients.
+//! Starts a server on port 0 with a fresh data directory (or on the scale-out
+//! backend) and gives typed clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,11 @@ use tally_proto::v1::{
     query_service_client::QueryServiceClient, session_service_client::SessionServiceClient,
 };
 use tally_server::config::Config;
+use tally_server::realtime::redis::RedisRealtime;
+use tally_server::realtime::{RealtimeBackend, SystemClock, memory::MemoryRealtime};
+use tally_server::storage::Store;
 use tally_server::storage::embedded::EmbeddedStore;
+use tally_server::storage::scylla::{ScyllaOptions, ScyllaStore};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -30,6 +35,27 @@ impl TestServer {
     pub async fn start_with(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        Self::serve(config, store, Arc::new(MemoryRealtime::default()), dir).await
+    }
+
+    /// An instance of the scale-out backend: one of several sharing a
+    /// keyspace and a Redis key prefix.
+    pub async fn start_scale_out(options: &ScyllaOptions) -> Self {
+        let store = Arc::new(ScyllaStore::connect(options).await.unwrap());
+        let realtime =
+            RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
+                .await
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Self::serve(Config::default(), store, Arc::new(realtime), dir).await
+    }
+
+    async fn serve(
+        config: Config,
+        store: Arc<dyn Store>,
+        realtime: Arc<dyn RealtimeBackend>,
+        dir: tempfile::TempDir,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Config {
@@ -38,7 +64,7 @@ impl TestServer {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            tally_server::server::run(listener, &config, store, async {
+            tally_server::server::run_with(listener, &config, store, realtime, async {
                 let _ = stopped.await;
             })
             .await

@@ -17,5 +17,6 @@ mod realtime;
 mod reflection;
 mod report;
 mod script;
+mod scylla;
 mod sessions;
 mod tenancy;

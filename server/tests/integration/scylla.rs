@@ -1,0 +1,580 @@
+//! The scale-out backend against real servers: Cassandra (a CQL stand-in for
+//! ScyllaDB) and redis-server, started once per run by `tests/services.sh`,
+//! which exports `TALLY_TEST_CQL` and `TALLY_TEST_REDIS`. Each test gets a
+//! keyspace and a Redis key prefix of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tally_proto::v1;
+use tally_server::storage::scylla::{ScyllaOptions, ScyllaStore};
+use tally_server::storage::{Store, conformance};
+
+use crate::harness::*;
+
+/// The shared servers' addresses; fails (never skips) without them.
+pub fn services() -> (String, String) {
+    let get = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the ScyllaDB + Redis tests need Cassandra and redis-server. \
+                 Run `bash tests/services.sh` (it prints the exports) or the whole suite with `bash tests/run.sh`"
+            )
+        })
+    };
+    (get("TALLY_TEST_CQL"), get("TALLY_TEST_REDIS"))
+}
+
+/// Options for a fresh keyspace and key prefix, named after `tag`.
+pub fn fresh_options(tag: &str) -> ScyllaOptions {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (cql, redis) = services();
+    let keyspace = format!(
+        "t_{}_{}_{}",
+        tag,
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    ScyllaOptions {
+        nodes: cql.split(',').map(str::to_owned).collect(),
+        redis_prefix: format!("{keyspace}:"),
+        keyspace,
+        redis_url: redis,
+        ..ScyllaOptions::default()
+    }
+}
+
+/// Drops a test keyspace (Cassandra keeps a few hundred tables at most in
+/// comfort; the suite makes many keyspaces).
+pub async fn drop_keyspace(store: &ScyllaStore, keyspace: &str) {
+    let mut drop = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+    drop.set_request_timeout(Some(std::time::Duration::from_secs(60)));
+    if let Err(error) = store.session().query_unpaged(drop, ()).await {
+        // Only tidying up: the next run starts a fresh Cassandra anyway.
+        eprintln!("keyspace {keyspace} not dropped: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_store_passes_the_conformance_suite() {
+    let previous: std::sync::Mutex<Option<(Arc<ScyllaStore>, String)>> = Default::default();
+    conformance::run_all(|| async {
+        let old = previous.lock().unwrap().take();
+        if let Some((store, keyspace)) = old {
+            drop_keyspace(&store, &keyspace).await;
+        }
+        let options = fresh_options("conf");
+        let store = Arc::new(ScyllaStore::connect(&options).await.unwrap());
+        *previous.lock().unwrap() = Some((store.clone(), options.keyspace));
+        store as Arc<dyn Store>
+    })
+    .await;
+    let last = previous.lock().unwrap().take();
+    if let Some((store, keyspace)) = last {
+        drop_keyspace(&store, &keyspace).await;
+    }
+}
+
+/// Two instances sharing one keyspace and key prefix, with site "s" and its
+/// ingest and query keys.
+async fn two_instances(tag: &str) -> (TestServer, TestServer, String, String, ScyllaOptions) {
+    let options = fresh_options(tag);
+    let a = TestServer::start_scale_out(&options).await;
+    let b = TestServer::start_scale_out(&options).await;
+    a.site("s", "UTC").await;
+    let ingest = a.key(v1::KeyKind::Ingest, &["s"]).await;
+    let query = b.key(v1::KeyKind::Query, &["s"]).await;
+    (a, b, ingest, query, options)
+}
+
+async fn stop_all(a: TestServer, b: TestServer, options: &ScyllaOptions) {
+    a.stop().await;
+    b.stop().await;
+    let store = ScyllaStore::connect(options).await.unwrap();
+    drop_keyspace(&store, &options.keyspace).await;
+}
+
+async fn track(server: &TestServer, key: &str, events: Vec<v1::Event>) -> v1::TrackResponse {
+    let request = v1::TrackRequest {
+        site_id: "s".into(),
+        events,
+    };
+    server
+        .ingest()
+        .track(authed(key, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every stored event of site "s" in the last two hours, in time order.
+async fn export(server: &TestServer) -> Vec<v1::RecordedEvent> {
+    let now = now_micros();
+    let request = v1::ExportEventsRequest {
+        site_id: "s".into(),
+        time_range: Some(v1::TimeRange {
+            start_time: Some(ts(now - 2 * 3_600_000_000)),
+            end_time: Some(ts(now + 60_000_000)),
+        }),
+        ..Default::default()
+    };
+    let mut stream = server
+        .admin()
+        .export_events(authed(ADMIN_KEY, request))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        events.extend(chunk.events);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_continues_when_its_events_alternate_between_instances() {
+    let (a, b, ingest, _, options) = two_instances("visits").await;
+    let minute = 60_000_000;
+    let start = now_micros() - 90 * minute;
+    // ann: one event every 10 minutes, alternating instances: one visit.
+    // bob: two events 40 minutes apart (over the 30-minute timeout): two visits.
+    let plan: Vec<(u128, i64, &str, bool)> = vec![
+        (1, 0, "ann", true),
+        (2, 10, "ann", false),
+        (3, 20, "ann", true),
+        (4, 30, "ann", false),
+        (5, 40, "ann", true),
+        (6, 0, "bob", false),
+        (7, 40, "bob", true),
+    ];
+    for (id, at, visitor, on_a) in &plan {
+        let server = if *on_a { &a } else { &b };
+        let event = pageview(
+            *id,
+            start + at * minute,
+            &format!("https://s.example/{id}"),
+            visitor,
+        );
+        assert_eq!(track(server, &ingest, vec![event]).await.accepted, 1);
+    }
+    let events = export(&b).await;
+    assert_eq!(events.len(), plan.len());
+    let session_of = |id: u128| {
+        let id = uuid::Uuid::from_u128(id).to_string();
+        events
+            .iter()
+            .find(|e| e.event_id == id)
+            .unwrap()
+            .session_id
+            .clone()
+    };
+    let ann: std::collections::HashSet<String> = (1..=5).map(session_of).collect();
+    assert_eq!(
+        ann.len(),
+        1,
+        "ann's five events form one visit across both instances"
+    );
+    assert_ne!(
+        session_of(6),
+        session_of(7),
+        "bob's 40-minute gap starts a new visit"
+    );
+    assert!(!ann.contains(&session_of(6)));
+    stop_all(a, b, &options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_instance_sees_events_ingested_on_the_other() {
+    let (a, b, ingest, query, options) = two_instances("watch").await;
+    let request = v1::WatchRealtimeRequest {
+        site_id: "s".into(),
+        ..Default::default()
+    };
+    let mut stream = a
+        .query()
+        .watch_realtime(authed(&query, request))
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = |update: v1::RealtimeUpdate| match update.update {
+        Some(v1::realtime_update::Update::Snapshot(report)) => Some(report),
+        _ => None,
+    };
+    let first = snapshot(stream.message().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first.active_visitors, 0);
+    let now = now_micros();
+    let events = (0..3u128)
+        .map(|n| pageview(100 + n, now, "https://s.example/from-b", &format!("visitor-{n}")))
+        .collect();
+    assert_eq!(track(&b, &ingest, events).await.accepted, 3);
+    let acknowledged = std::time::Instant::now();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Some(report) = snapshot(stream.message().await.unwrap().unwrap())
+                && report.active_visitors == 3
+            {
+                return report;
+            }
+        }
+    })
+    .await
+    .expect("instance A shows B's events within 5 s");
+    // The product aims at under a second (see the realtime benchmark); this
+    // bound leaves room for a loaded test machine.
+    assert!(
+        acknowledged.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        acknowledged.elapsed()
+    );
+    assert_eq!(report.top_pages[0].value, "/from-b");
+    assert_eq!(report.top_pages[0].pageviews, 3);
+    // B's own view counts them once, not once more through the channel.
+    let own = b
+        .query()
+        .run_realtime_report(authed(
+            &query,
+            v1::RunRealtimeReportRequest {
+                site_id: "s".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.top_pages[0].pageviews, 3);
+    stop_all(a, b, &options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_landing_on_the_other_instance_is_a_duplicate() {
+    let (a, b, ingest, _, options) = two_instances("retry").await;
+    let now = now_micros();
+    let batch: Vec<v1::Event> = (0..50u128)
+        .map(|n| pageview(1000 + n, now - n as i64 * 1_000_000, "https://s.example/", "ann"))
+        .collect();
+    let first = track(&a, &ingest, batch.clone()).await;
+    assert_eq!((first.accepted, first.duplicates), (50, 0));
+    // The client did not hear back and resends to the other instance, with one new event.
+    let mut retry = batch;
+    retry.push(pageview(2000, now, "https://s.example/new", "ann"));
+    let second = track(&b, &ingest, retry).await;
+    assert_eq!((second.accepted, second.duplicates), (1, 50));
+    assert!(
+        second.results[..50]
+            .iter()
+            .all(|r| r.verdict() == v1::Verdict::Duplicate)
+    );
+    assert_eq!(export(&a).await.len(), 51, "stored once each");
+    stop_all(a, b, &options).await;
+}
+
+/// A TCP proxy in front of a server, which can cut every connection (and
+/// refuse new ones) and later let them through again: the server becomes
+/// unreachable without being stopped.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = tokio::sync::watch::Sender::new(true);
+        let opened = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*opened.borrow() {
+                    continue; // dropped: refused
+                }
+                let mut open = opened.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = open.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// A redis-server of the test's own, with an append-only file synced on
+/// every write, so that a restart keeps what it acknowledged.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        services(); // the same requirement as the other tests: fail clearly without them
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (tests/services.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not open port {}", self.port);
+    }
+
+    /// Kills it (SIGKILL: no goodbye to clients).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the writer of a fault test saw.
+#[derive(Debug, Default)]
+struct Outage {
+    /// Batches acknowledged.
+    acknowledged: usize,
+    /// Answers `UNAVAILABLE` with a `RetryInfo` delay.
+    unavailable: usize,
+}
+
+/// Sends `batches` batches of 20 new page views, each until it is
+/// acknowledged, retrying after `UNAVAILABLE` (which must carry `RetryInfo`;
+/// any other error fails the test). Progress goes to `progress`.
+async fn write_through_outage(
+    server: &TestServer,
+    key: &str,
+    batches: usize,
+    progress: tokio::sync::watch::Sender<Outage>,
+) {
+    use tonic_types::StatusExt;
+    let now = now_micros();
+    let started = std::time::Instant::now();
+    for b in 0..batches {
+        let events: Vec<v1::Event> = (0..20u128)
+            .map(|n| {
+                let id = 10_000 + (b as u128) * 100 + n;
+                pageview(
+                    id,
+                    now - (b as i64) * 1_000_000,
+                    "https://s.example/",
+                    &format!("v{}", n % 5),
+                )
+            })
+            .collect();
+        loop {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "no recovery in 2 minutes"
+            );
+            let request = v1::TrackRequest {
+                site_id: "s".into(),
+                events: events.clone(),
+            };
+            match server.ingest().track(authed(key, request)).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    // A retry of a batch that was stored before the answer got lost.
+                    assert_eq!(answer.accepted + answer.duplicates, 20, "{answer:?}");
+                    progress.send_modify(|o| o.acknowledged += 1);
+                    break;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    let retry = status.get_details_retry_info();
+                    assert!(retry.is_some(), "UNAVAILABLE carries RetryInfo: {status:?}");
+                    progress.send_modify(|o| o.unavailable += 1);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a writer of 30 batches while `fault` happens after the 5th
+/// acknowledgment and `repair` after the third `UNAVAILABLE`; then every
+/// event is stored exactly once and the first batches are duplicates.
+async fn survive_fault(
+    server: &TestServer,
+    key: &str,
+    fault: impl FnOnce() -> futures::future::BoxFuture<'static, ()>,
+    repair: impl FnOnce() -> futures::future::BoxFuture<'static, ()>,
+) {
+    let (progress, mut seen) = tokio::sync::watch::channel(Outage::default());
+    let started = std::time::Instant::now();
+    let writer = write_through_outage(server, key, 30, progress);
+    let injector = async {
+        seen.wait_for(|o| o.acknowledged >= 5).await.unwrap();
+        fault().await;
+        seen.wait_for(|o| o.unavailable >= 3).await.unwrap();
+        repair().await;
+    };
+    tokio::join!(writer, injector);
+    eprintln!("fault: over after {:?}", started.elapsed());
+    let outage = seen.borrow();
+    eprintln!("fault: {:?}", *outage);
+    assert_eq!(outage.acknowledged, 30);
+    assert!(outage.unavailable >= 3);
+    drop(outage);
+    let events = export(server).await;
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(events.len(), 600, "every acknowledged event, once");
+    assert_eq!(ids.len(), 600);
+    // Everything sent is remembered: resending the first batch changes nothing.
+    let now = now_micros();
+    let again: Vec<v1::Event> = (0..20u128)
+        .map(|n| pageview(10_000 + n, now, "https://s.example/", &format!("v{}", n % 5)))
+        .collect();
+    assert_eq!(track(server, key, again).await.duplicates, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_is_unavailable_and_ingest_recovers_by_itself() {
+    let redis = std::sync::Arc::new(tokio::sync::Mutex::new(OwnRedis::start().await));
+    let mut options = fresh_options("redisfault");
+    options.redis_url = redis.lock().await.url();
+    let server = TestServer::start_scale_out(&options).await;
+    server.site("s", "UTC").await;
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let (kill, restart) = (redis.clone(), redis.clone());
+    survive_fault(
+        &server,
+        &key,
+        || Box::pin(async move { kill.lock().await.kill() }),
+        || Box::pin(async move { restart.lock().await.restart().await }),
+    )
+    .await;
+    server.stop().await;
+    let store = ScyllaStore::connect(&options).await.unwrap();
+    drop_keyspace(&store, &options.keyspace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cassandra_going_away_is_unavailable_and_ingest_recovers_by_itself() {
+    let (cql, _) = services();
+    let proxy = std::sync::Arc::new(Proxy::start(cql.split(',').next().unwrap().to_owned()).await);
+    let mut options = fresh_options("cqlfault");
+    options.nodes = vec![proxy.addr.to_string()];
+    options.request_timeout = std::time::Duration::from_secs(2);
+    let server = TestServer::start_scale_out(&options).await;
+    server.site("s", "UTC").await;
+    let key = server.key(v1::KeyKind::Ingest, &["s"]).await;
+    let (cut, restore) = (proxy.clone(), proxy.clone());
+    survive_fault(
+        &server,
+        &key,
+        || Box::pin(async move { cut.cut() }),
+        || Box::pin(async move { restore.restore() }),
+    )
+    .await;
+    server.stop().await;
+    proxy.restore();
+    options.request_timeout = std::time::Duration::from_secs(10);
+    let store = ScyllaStore::connect(&options).await.unwrap();
+    drop_keyspace(&store, &options.keyspace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookieless_visitor_ids_agree_across_instances() {
+    // Without an anonymous id, the visitor id is a keyed hash of address and
+    // user agent with the day's salt: every instance must use the same secret
+    // and salt, whichever creates them first.
+    let (a, b, ingest, _, options) = two_instances("salts").await;
+    let now = now_micros();
+    let browser = |id: u128, ip: &str| v1::Event {
+        anonymous_id: String::new(),
+        context: Some(v1::Context {
+            ip: ip.into(),
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
+            ..Default::default()
+        }),
+        ..pageview(id, now - 60_000_000 + id as i64, "https://s.example/", "")
+    };
+    // First uses of the day's salt on both instances at once.
+    let (on_a, on_b) = tokio::join!(
+        track(
+            &a,
+            &ingest,
+            vec![browser(1, "203.0.113.7"), browser(2, "203.0.113.8")]
+        ),
+        track(
+            &b,
+            &ingest,
+            vec![browser(3, "203.0.113.7"), browser(4, "203.0.113.8")]
+        ),
+    );
+    assert_eq!(on_a.accepted + on_b.accepted, 4);
+    let events = export(&a).await;
+    let visitor = |id: u128| {
+        let id = uuid::Uuid::from_u128(id).to_string();
+        events
+            .iter()
+            .find(|e| e.event_id == id)
+            .unwrap()
+            .visitor_id
+            .clone()
+    };
+    assert_eq!(
+        visitor(1),
+        visitor(3),
+        "the same browser is one visitor on both instances"
+    );
+    assert_eq!(visitor(2), visitor(4));
+    assert_ne!(visitor(1), visitor(2), "another address is another visitor");
+    stop_all(a, b, &options).await;
+}
