@@ -26,11 +26,10 @@ import {
   formatState,
   funnelSteps,
   HEADLINE,
-  headlineRequest,
+  overviewRequest,
   parseState,
   propertyTable,
   seriesDimension,
-  seriesRequest,
   tableRequest,
   VIEWS,
   type Card,
@@ -116,8 +115,21 @@ function rememberSite(site: string): void {
   }
 }
 
-function siteList(): HTMLDataListElement {
-  return h("datalist", { id: "sites" }, ...rememberedSites().map((site) => h("option", { value: site })));
+/**
+ * The suggestions of a site input: the sites used before, filled in when the
+ * input is first focused (the first read of localStorage can take a while,
+ * and the first view does not need it).
+ */
+function siteList(input: HTMLInputElement): HTMLDataListElement {
+  const list = h("datalist", { id: "sites" });
+  let filled = false;
+  input.addEventListener("focus", () => {
+    if (filled) return;
+    filled = true;
+    const known = new Set([...list.options].map((o) => o.value));
+    for (const site of rememberedSites()) if (!known.has(site)) list.append(h("option", { value: site }));
+  });
+  return list;
 }
 
 // ---- sign-in
@@ -160,7 +172,7 @@ function signIn(message = ""): void {
     h("h1", {}, "Tally"),
     h("p", { class: "hint" }, "Sign in with a query key of the site (or an admin key). It is kept in this tab only."),
     h("label", {}, "Key", key),
-    h("label", {}, "Site", site, siteList()),
+    h("label", {}, "Site", site, siteList(site)),
     button,
     error,
   );
@@ -203,7 +215,7 @@ function buildShell(): Shell {
       },
     },
     site,
-    siteList(),
+    siteList(site),
   );
   site.addEventListener("change", () => siteForm.requestSubmit());
   // Admin and operator keys may list every site (query keys may not: they are not asked).
@@ -211,9 +223,8 @@ function buildShell(): Shell {
     client!.admin
       .listSites({})
       .then(({ sites }) => {
-        const known = new Set(rememberedSites());
         const list = siteForm.querySelector("datalist")!;
-        for (const { siteId } of sites) if (!known.has(siteId)) list.append(h("option", { value: siteId }));
+        for (const { siteId } of sites) list.append(h("option", { value: siteId }));
       })
       .catch(() => {});
   }
@@ -448,11 +459,9 @@ function overview(view: HTMLElement, same: boolean): void {
   o.legend.classList.toggle("compared", state.compare);
   view.classList.add("loading");
 
-  const loads = [loadHeadline(o, snapshot, signal), loadSeries(o, snapshot, signal)];
-  for (const [id, entry] of o.cards) {
-    if (entry.card) loads.push(loadCard(o, entry.card, entry, snapshot, signal));
-    else loads.push(loadProperties(o, o.cards.get(id)!, snapshot, signal));
-  }
+  // The properties card first: its report waits for the site's property keys.
+  const loads = [loadProperties(o, o.cards.get("props")!, snapshot, signal), loadOverview(o, snapshot, signal)];
+  for (const entry of o.cards.values()) if (entry.card) loads.push(loadCard(o, entry.card, entry, snapshot, signal));
   Promise.allSettled(loads).then(() => {
     if (signal.aborted) return;
     view.classList.remove("loading");
@@ -464,7 +473,10 @@ function overview(view: HTMLElement, same: boolean): void {
 function settled(snapshot: State): void {
   if (snapshot !== state) return;
   body.dataset.loaded = formatState(snapshot);
-  if (!body.dataset.firstView) body.dataset.firstView = String(Math.round(performance.now()));
+  if (body.dataset.firstView) return;
+  body.dataset.firstView = String(Math.round(performance.now()));
+  // A site opened by its URL is remembered too, once the first view is shown.
+  setTimeout(() => rememberSite(state.site));
 }
 
 /** A metric value as a number (counts arrive as bigint). */
@@ -501,20 +513,28 @@ async function ask(o: Overview, slot: string, request: ReportRequest, signal: Ab
   return report;
 }
 
-async function loadHeadline(o: Overview, snapshot: State, signal: AbortSignal): Promise<void> {
+/** The headline cards and the chart, from one report (see {@link overviewRequest}). */
+async function loadOverview(o: Overview, snapshot: State, signal: AbortSignal): Promise<void> {
   let report: RunReportResponse;
   try {
-    const answer = await ask(o, "headline", headlineRequest(snapshot), signal);
+    const answer = await ask(o, "overview", overviewRequest(snapshot), signal);
     if (!answer) return;
     report = answer;
   } catch (error) {
-    if (!isCancel(error)) for (const m of o.headline.values()) fill(m.value, "\u2013"), fill(m.change, errorBox(error));
+    if (isCancel(error)) return;
+    for (const m of o.headline.values()) fill(m.value, "\u2013"), fill(m.change);
+    fill(o.chart, errorBox(error));
     return;
   }
-  const row = report.totals[0] ?? report.rows[0];
+  showHeadline(o, report, snapshot);
+  showSeries(o, report, snapshot);
+}
+
+function showHeadline(o: Overview, report: RunReportResponse, snapshot: State): void {
+  const totals = report.totals[0];
   report.metricHeaders.forEach((header, i) => {
     const slot = o.headline.get(header.metric);
-    const value = row?.metricValues[i];
+    const value = totals?.metricValues[i];
     if (!slot) return;
     const number = value ? num(value.value) : 0;
     slot.value.textContent = formatMetric(header.type, number, snapshot.currency);
@@ -534,30 +554,23 @@ async function loadHeadline(o: Overview, snapshot: State, signal: AbortSignal): 
   });
 }
 
-async function loadSeries(o: Overview, snapshot: State, signal: AbortSignal): Promise<void> {
-  let report: RunReportResponse;
-  try {
-    const answer = await ask(o, "series", seriesRequest(snapshot), signal);
-    if (!answer) return;
-    report = answer;
-  } catch (error) {
-    if (!isCancel(error)) fill(o.chart, errorBox(error));
-    return;
-  }
+function showSeries(o: Overview, report: RunReportResponse, snapshot: State): void {
+  const column = (metric: Metric) => report.metricHeaders.findIndex((h) => h.metric == metric);
+  const [visitors, pageviews] = [column(Metric.VISITORS), column(Metric.PAGEVIEWS)];
   const range = report.metadata?.resolvedRanges[0];
   const rows = new Map(report.rows.map((row) => [row.dimensionValues[0], row]));
-  const keys = range?.startTime && range.endTime
-    ? timeKeys(timestampDate(range.startTime), timestampDate(range.endTime), report.metadata!.timeZone || "UTC", seriesDimension(snapshot))
-    : report.rows.map((row) => ({ key: row.dimensionValues[0], label: row.dimensionValues[0] }));
+  const keys =
+    range?.startTime && range.endTime
+      ? timeKeys(timestampDate(range.startTime), timestampDate(range.endTime), report.metadata!.timeZone || "UTC", seriesDimension(snapshot))
+      : report.rows.map((row) => ({ key: row.dimensionValues[0], label: row.dimensionValues[0] }));
   const buckets: Bucket[] = keys.map(({ key, label }) => {
     const row = rows.get(key);
-    const [visitors, pageviews] = [0, 1].map((i) => (row ? num(row.metricValues[i].value) : 0));
-    const previous = row?.metricValues[0].comparison?.previous;
+    const previous = row?.metricValues[visitors].comparison?.previous;
     return {
       key,
       label,
-      visitors,
-      pageviews,
+      visitors: row ? num(row.metricValues[visitors].value) : 0,
+      pageviews: row ? num(row.metricValues[pageviews].value) : 0,
       previous: snapshot.compare ? (previous?.case == "previousInt" ? Number(previous.value) : 0) : undefined,
     };
   });
@@ -930,7 +943,6 @@ function showSession(detail: HTMLElement, snapshot: State): void {
 
 const saved = sessionStorage.getItem(KEY);
 if (saved) client = createTallyClient({ baseUrl: location.origin, key: saved });
-if (state.site) rememberSite(state.site);
 // A shared URL in its canonical form (what the view would write itself).
 history.replaceState(null, "", location.pathname + formatState(state));
 render();

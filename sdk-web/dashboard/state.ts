@@ -213,11 +213,6 @@ function base(state: State, extra: FilterInit[] = []): ReportRequest {
   };
 }
 
-/** The headline numbers: one row, every headline metric. */
-export function headlineRequest(state: State): ReportRequest {
-  return { ...base(state), metrics: HEADLINE, revenueCurrency: state.currency };
-}
-
 /** Time buckets of the chart: hours for one day, days up to 92 days, then ISO weeks. */
 export function seriesDimension(state: State): Dimension {
   if (state.period == "today") return Dimension.TIME_HOUR;
@@ -226,12 +221,17 @@ export function seriesDimension(state: State): Dimension {
   return days <= 1 ? Dimension.TIME_HOUR : days <= 92 ? Dimension.TIME_DAY : Dimension.TIME_WEEK;
 }
 
-/** Visitors and page views per time bucket. */
-export function seriesRequest(state: State): ReportRequest {
+/**
+ * The headline numbers and the chart in one report: every headline metric
+ * by time bucket. The totals are the headline (with the previous period's
+ * values and the change), the rows the chart.
+ */
+export function overviewRequest(state: State): ReportRequest {
   return {
     ...base(state),
-    metrics: [Metric.VISITORS, Metric.PAGEVIEWS],
+    metrics: HEADLINE,
     dimensions: [{ kind: { case: "standard", value: seriesDimension(state) } }],
+    revenueCurrency: state.currency,
     limit: 10_000n,
   };
 }

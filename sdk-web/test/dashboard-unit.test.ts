@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { ComparisonMode, Dimension, MatchType } from "../src/index.js";
 import * as fmt from "../dashboard/format.js";
-import { filterExpression, formatState, headlineRequest, parseState, seriesDimension, tableRequest, CARDS } from "../dashboard/state.js";
+import { filterExpression, formatState, overviewRequest, parseState, seriesDimension, tableRequest, CARDS } from "../dashboard/state.js";
 import { timeKeys } from "../dashboard/time.js";
 import { niceMax } from "../dashboard/chart.js";
 
@@ -58,12 +58,13 @@ test("filters become one exact, case-sensitive condition each; the empty value m
   assert.deepEqual(campaign.expr.value.condition, { case: "isSet", value: false });
 });
 
-test("requests: the headline compares with the previous period, tables do not", () => {
+test("requests: the headline and chart compare with the previous period, tables do not", () => {
   const state = parseState("?site=s&period=7d");
-  const headline = headlineRequest(state);
+  const headline = overviewRequest(state);
   assert.deepEqual(headline.dateRanges, [{ startDate: "6daysAgo", endDate: "today" }]);
+  assert.deepEqual(headline.dimensions, [{ kind: { case: "standard", value: Dimension.TIME_DAY } }]);
   assert.equal(headline.comparison, ComparisonMode.PREVIOUS_PERIOD);
-  assert.equal(headlineRequest(parseState("?site=s&compare=0")).comparison, ComparisonMode.UNSPECIFIED);
+  assert.equal(overviewRequest(parseState("?site=s&compare=0")).comparison, ComparisonMode.UNSPECIFIED);
   const table = tableRequest(state, CARDS[0].tabs[0]);
   assert.equal(table.comparison, ComparisonMode.UNSPECIFIED);
   assert.equal(table.limit, 10n);
