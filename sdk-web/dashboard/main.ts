@@ -306,7 +306,7 @@ function buildShell(): Shell {
       h("label", { class: "compare" }, compare, "Compare with the previous period"),
     ),
     filters,
-    h("div", { class: "layout" }, view, realtime),
+    view,
   );
   return { site, views, periods, from, to, custom, compare, filters, view, realtime };
 }
@@ -354,7 +354,7 @@ function render(): void {
   const same = rendered?.site == state.site && rendered.view == state.view;
   rendered = { site: state.site, view: state.view };
   if (state.view != "overview") current?.abort?.abort();
-  if (state.view == "overview") overview(shell.view, same);
+  if (state.view == "overview") overview(shell, same);
   else if (state.view == "funnel") funnel(shell.view);
   else sessions(shell.view);
 }
@@ -414,7 +414,7 @@ const METRIC_KEYS: Record<number, string> = {
 };
 const CURRENCIES = ["USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "SEK", "NOK", "DKK", "PLN", "INR", "BRL"];
 
-function buildOverview(view: HTMLElement): Overview {
+function buildOverview(view: HTMLElement, realtime: HTMLElement): Overview {
   const headline = new Map<Metric, { card: HTMLElement; value: HTMLElement; change: HTMLElement }>();
   const currency = h("select", { "aria-label": "Revenue currency", onchange: () => navigate({ currency: currency.value }) });
   for (const metric of HEADLINE) {
@@ -442,13 +442,19 @@ function buildOverview(view: HTMLElement): Overview {
     cards.set(id, { card, body: cardBody, tabs });
     grid.append(h("section", { class: "card table", "data-card": id }, h("header", {}, h("h2", {}, card?.title ?? "Properties"), tabs), cardBody));
   }
-  fill(view, h("section", { class: "headline", "aria-label": "Headline metrics" }, ...[...headline.values()].map((m) => m.card)), h("section", { class: "card series" }, legend, chart), grid);
+  fill(
+    view,
+    h("section", { class: "headline", "aria-label": "Headline metrics" }, ...[...headline.values()].map((m) => m.card)),
+    h("div", { class: "split" }, h("section", { class: "card series" }, legend, chart), realtime),
+    grid,
+  );
   return { headline, chart, legend, cards, currency, shown: new Map() };
 }
 
 /** Shows the overview; `same` keeps the old numbers on screen until the new ones arrive. */
-function overview(view: HTMLElement, same: boolean): void {
-  if (!same || !current || !view.contains(current.chart)) current = buildOverview(view);
+function overview(s: Shell, same: boolean): void {
+  const view = s.view;
+  if (!same || !current || !view.contains(current.chart)) current = buildOverview(view, s.realtime);
   const o = current;
   o.abort?.abort();
   const abort = new AbortController();
