@@ -642,7 +642,14 @@ test("the first view is interactive well under a second on localhost", async () 
     );
     console.log(`first view: ${firstView} ms in the page (navigation start to every number shown), ${wall} ms from goto; ${requests.join(", ")}`);
     times.push(firstView);
+    if (run == 4) {
+      // A later visit: the page revalidated (304), the script from the cache.
+      await page.goto(`${tally.url}/?site=${SITE}&period=30d`);
+      await settled(page);
+      console.log(`next visit: ${await page.evaluate(() => document.body.dataset.firstView)} ms in the page`);
+    }
     await context.close();
   }
+  console.log(`first view: best ${Math.min(...times)} ms of ${times.join(", ")} ms`);
   assert.ok(Math.min(...times) < 1000, `first view took ${times.join(", ")} ms`);
 });
