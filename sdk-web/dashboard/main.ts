@@ -840,21 +840,33 @@ const DEVICES = ["", "Desktop", "Mobile", "Tablet", "TV", "Console", "Bot"];
 const dateTime = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "medium" });
 const clock = new Intl.DateTimeFormat("en-GB", { timeStyle: "medium" });
 
+/** The session explorer on screen: its list is kept while only the open visit changes. */
+let explorer: { list: string; view: HTMLElement; rows: HTMLElement; detail: HTMLElement } | undefined;
+
 function sessions(view: HTMLElement): void {
+  const snapshot = state;
+  const listKey = formatState({ ...snapshot, session: "" });
+  if (explorer?.list == listKey && view.contains(explorer.detail)) {
+    // Another visit opened or closed: the list stays as it is (with its pages).
+    const { rows, detail } = explorer;
+    for (const row of rows.querySelectorAll<HTMLElement>("tr")) row.classList.toggle("active", row.dataset.session == snapshot.session);
+    openSession(detail, snapshot).finally(() => settled(snapshot));
+    return;
+  }
   const list = h("div", { class: "card sessions" }, h("p", { class: "empty" }, "\u2026"));
   const detail = h("div", { class: "card session" });
+  const rows = h("tbody");
   fill(view, h("div", { class: "explorer" }, list, detail));
-  const snapshot = state;
-  detail.hidden = !snapshot.session;
-  if (snapshot.session) showSession(detail, snapshot);
-  (async () => {
+  explorer = { list: listKey, view, rows, detail };
+  const shown = (async () => {
     // The report resolves the period to instants in the site's time zone.
+    const filter = filterExpression(snapshot.filters);
     const report = await tracked(
-      client!.query.runReport({ siteId: snapshot.site, metrics: [Metric.VISITS], dateRanges: [dateRange(snapshot)], filter: filterExpression(snapshot.filters) }),
+      client!.query.runReport({ siteId: snapshot.site, metrics: [Metric.VISITS], dateRanges: [dateRange(snapshot)], filter }),
     );
     const range = report.metadata!.resolvedRanges[0];
-    const visits = Number(report.totals[0]?.metricValues[0] ? num(report.totals[0].metricValues[0].value) : 0);
-    const rows = h("tbody");
+    const total = report.totals[0]?.metricValues[0];
+    const visits = total ? num(total.value) : 0;
     const more = h("button", { type: "button", class: "link", hidden: true }, "Load more");
     fill(
       list,
@@ -868,28 +880,25 @@ function sessions(view: HTMLElement): void {
       more,
     );
     const page = async (token: string) => {
-      const answer = await tracked(
-        client!.session.listSessions({ siteId: snapshot.site, timeRange: range, filter: filterExpression(snapshot.filters), pageSize: 50, pageToken: token }),
-      );
-      for (const visit of answer.sessions) rows.append(sessionRow(visit, snapshot));
+      const answer = await tracked(client!.session.listSessions({ siteId: snapshot.site, timeRange: range, filter, pageSize: 50, pageToken: token }));
+      for (const visit of answer.sessions) rows.append(sessionRow(visit));
       more.hidden = !answer.nextPageToken;
       more.onclick = () => page(answer.nextPageToken).catch((error) => list.append(errorBox(error)));
       if (!answer.sessions.length && !token) list.append(h("p", { class: "empty" }, "No visits in this period."));
     };
     await page("");
-  })()
-    .catch((error) => fill(list, errorBox(error)))
-    .finally(() => settled(snapshot));
+  })().catch((error) => fill(list, errorBox(error)));
+  Promise.all([shown, openSession(detail, snapshot)]).finally(() => settled(snapshot));
 }
 
-function sessionRow(visit: Session, snapshot: State): HTMLElement {
+function sessionRow(visit: Session): HTMLElement {
   const open = () => navigate({ session: visit.sessionId });
   return h(
     "tr",
     {
       tabindex: 0,
       "data-session": visit.sessionId,
-      class: visit.sessionId == snapshot.session ? "active" : null,
+      class: visit.sessionId == state.session ? "active" : null,
       onclick: open,
       onkeydown: (event: Event) => (event as KeyboardEvent).key == "Enter" && open(),
     },
@@ -903,10 +912,14 @@ function sessionRow(visit: Session, snapshot: State): HTMLElement {
   );
 }
 
-function showSession(detail: HTMLElement, snapshot: State): void {
+/** Shows the state's open visit in `detail` (hidden when none is open). */
+function openSession(detail: HTMLElement, snapshot: State): Promise<void> {
+  detail.hidden = !snapshot.session;
+  if (!snapshot.session) return Promise.resolve();
   fill(detail, h("p", { class: "empty" }, "\u2026"));
-  tracked(client!.session.getSession({ siteId: snapshot.site, sessionId: snapshot.session }))
+  return tracked(client!.session.getSession({ siteId: snapshot.site, sessionId: snapshot.session }))
     .then((visit) => {
+      if (state.session != snapshot.session) return; // another visit was opened meanwhile
       const start = visit.startTime ? timestampDate(visit.startTime).getTime() : 0;
       const facts: [string, string][] = [
         ["Started", visit.startTime ? dateTime.format(timestampDate(visit.startTime)) : ""],

@@ -620,6 +620,13 @@ test("the session explorer lists ListSessions' visits and shows one with GetSess
   const visit = await tally.client(keys.query).session.getSession({ siteId: SITE, sessionId: listed[0] });
   assert.deepEqual(shown, visit.recordedEvents.map((e) => [e.name, e.path]));
   await screenshot(page, "sessions");
+
+  // Closing the visit keeps the list as it was.
+  await page.click(".session >> text=Close");
+  await settled(page);
+  assert.equal(new URL(page.url()).searchParams.get("session"), null);
+  assert.ok(await page.isHidden(".session"));
+  assert.deepEqual(await page.$$eval(".sessions tbody tr", (rows) => rows.map((r) => (r as HTMLElement).dataset.session!)), listed);
   await page.context().close();
 });
 
