@@ -838,6 +838,7 @@ function funnel(view: HTMLElement): void {
 
 const DEVICES = ["", "Desktop", "Mobile", "Tablet", "TV", "Console", "Bot"];
 const dateTime = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "medium" });
+const shortTime = new Intl.DateTimeFormat("en-GB", { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 const clock = new Intl.DateTimeFormat("en-GB", { timeStyle: "medium" });
 
 /** The session explorer on screen: its list is kept while only the open visit changes. */
@@ -902,12 +903,12 @@ function sessionRow(visit: Session): HTMLElement {
       onclick: open,
       onkeydown: (event: Event) => (event as KeyboardEvent).key == "Enter" && open(),
     },
-    h("td", {}, visit.startTime ? dateTime.format(timestampDate(visit.startTime)) : ""),
+    h("td", { title: visit.startTime ? dateTime.format(timestampDate(visit.startTime)) : "" }, visit.startTime ? shortTime.format(timestampDate(visit.startTime)) : ""),
     h("td", {}, fmt.duration(Number(visit.duration?.seconds ?? 0))),
     h("td", { "data-value": String(visit.pageviews) }, fmt.count(Number(visit.pageviews))),
     h("td", {}, `${visit.entryPage || "(none)"} \u2192 ${visit.exitPage || "(none)"}`),
     h("td", {}, visit.source || "(none)"),
-    h("td", {}, [DEVICES[visit.deviceType], visit.browser, visit.os].filter(Boolean).join(", ")),
+    h("td", { title: DEVICES[visit.deviceType] }, [visit.browser, visit.os].filter(Boolean).join(", ") || "(unknown)"),
     h("td", {}, valueLabel("country", visit.country)),
   );
 }
