@@ -463,7 +463,6 @@ test("clicking a row filters every report; the filter is a chip and part of the 
   await assertTables(page, RANGES["30d"], [filter]);
 
   // A second filter, from another table, narrows further.
-  const [browserRow] = await tableRows(page, "devices");
   await page.click(`[data-card=devices] [data-tab=browser]`);
   await settled(page);
   const [topBrowser] = await tableRows(page, "devices");
@@ -471,7 +470,6 @@ test("clicking a row filters every report; the filter is a chip and part of the 
   await settled(page);
   assert.deepEqual(new URL(page.url()).searchParams.getAll("f"), ["page:/pricing", `browser:${topBrowser.value}`]);
   await assertHeadline(page, RANGES["30d"], and(filter, exact(standard(Dimension.BROWSER), topBrowser.value)));
-  assert.ok(browserRow, "devices are listed");
 
   // The URL is the view: opened elsewhere it shows the same numbers.
   const shared = await open(new URL(page.url()).search);
