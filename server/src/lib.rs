@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod generate;

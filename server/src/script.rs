@@ -69,11 +69,7 @@ where
 
 fn respond<B>(request: &Request<B>, cache: &'static str) -> Response<Body> {
     let etag = format!("\"{}\"", *HASH);
-    let fresh = request.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| {
-        tags.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii() == etag.as_bytes())
-    });
+    let fresh = etag_matches(request, &etag);
     let (status, body) = match (fresh, request.method() == Method::HEAD) {
         (true, _) => (StatusCode::NOT_MODIFIED, Body::empty()),
         (false, true) => (StatusCode::OK, Body::empty()),
@@ -100,4 +96,13 @@ fn respond<B>(request: &Request<B>, cache: &'static str) -> Response<Body> {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(SCRIPT.len()));
     }
     response
+}
+
+/// True when the request's `If-None-Match` names `etag` (quoted): the client's copy is current.
+pub(crate) fn etag_matches<B>(request: &Request<B>, etag: &str) -> bool {
+    request.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| {
+        tags.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == etag.as_bytes())
+    })
 }

@@ -171,7 +171,12 @@ pub async fn run_with(
     };
 
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%listen, script = %crate::script::versioned_path(), "tally serving");
+    tracing::info!(
+        %listen,
+        script = %crate::script::versioned_path(),
+        dashboard = %format_args!("http://{listen}/"),
+        "tally serving"
+    );
     // Without TCP_NODELAY, a response written in two segments waits for the
     // peer's delayed ACK (about 40 ms) before its second segment leaves.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
@@ -185,6 +190,7 @@ pub async fn run_with(
         .layer(crate::metrics::MetricsLayer)
         // Before grpc-web, which refuses HTTP/1.1 requests that are not grpc-web.
         .layer(crate::script::ScriptLayer)
+        .layer(crate::dashboard::DashboardLayer)
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -3,6 +3,7 @@
 
 mod auth;
 mod conformance;
+mod dashboard;
 mod engine;
 mod enrichment;
 mod export;
