@@ -16,6 +16,8 @@ echo "== lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+# The correctness suite (tests/e2e/correctness) runs the optimised server.
+cargo build --release --locked -p tally-server --bin tally
 echo "== tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

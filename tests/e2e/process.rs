@@ -34,15 +34,21 @@ pub struct Tally {
 impl Tally {
     /// Starts `tally serve` on `data_dir` and waits until it answers.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(&tally_binary(), data_dir, &[]).await
+    }
+
+    /// Starts `binary serve` on `data_dir` with extra flags and waits until it answers.
+    pub async fn start_with(binary: &Path, data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(tally_binary())
+        let child = Command::new(binary)
             .args(["serve", "--listen", &addr, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("TALLY_ADMIN_KEY", ADMIN_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
