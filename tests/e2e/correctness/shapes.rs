@@ -80,7 +80,7 @@ pub fn all(dates: Dates) -> Vec<Shape> {
             .metrics(&[M::Visitors, M::Events])
             .dim(D::TimeDay, DAY)
             .tz("America/New_York")
-            .range(&day(27), &day(18)),
+            .range(&day(27), &day(14)),
         shape("weekly_utc")
             .metrics(&[M::Visitors, M::Visits, M::BounceRate])
             .dim(D::TimeWeek, WEEK)
