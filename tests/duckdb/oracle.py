@@ -6,7 +6,7 @@ Usage:
 
 EVENTS.jsonl holds one tally.v1.RecordedEvent per line in proto JSON (field
 names as in common.proto, enums by name, timestamps in RFC 3339), as written
-from AdminService/ExportEvents. QUERIES.json (or stdin) is
+from AdminService/ExportEvents; EVENTS.jsonl.gz is read as gzip. QUERIES.json (or stdin) is
 
     {"queries": [{"name": "...", "sql": "..."}, ...]}
 

@@ -186,12 +186,12 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
     );
 
     let started = Instant::now();
-    let jsonl = dir.path().join("events.jsonl");
+    let jsonl = dir.path().join("events.jsonl.gz");
     let (from, to) = (end.timestamp() - 30 * 86_400, end.timestamp() + 86_400);
     let exported = oracle::export_jsonl(server.channel().await, SITE, from, to, &jsonl).await;
     assert_eq!(exported, events, "the export holds every event, bots included");
     say(&format!(
-        "exported {exported} events as JSON lines in {:.1} s",
+        "exported {exported} events as gzipped JSON lines in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
 
