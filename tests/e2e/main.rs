@@ -3,6 +3,7 @@
 
 mod chaos;
 mod durability;
+mod generate;
 mod grpcurl;
 mod process;
 mod shutdown;
