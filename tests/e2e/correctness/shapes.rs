@@ -109,7 +109,7 @@ pub fn all(dates: Dates) -> Vec<Shape> {
         shape("pages_by_visitors_third_page")
             .metrics(&[M::Visitors, M::Pageviews, M::TimeOnPage])
             .dim(D::Page, "path")
-            .range(&day(20), &day(1))
+            .range(&day(9), &day(1))
             .order_metric(M::Visitors, true)
             .limit(20)
             .offset(40),
@@ -122,13 +122,13 @@ pub fn all(dates: Dates) -> Vec<Shape> {
         shape("entry_pages")
             .metrics(&[M::Visits, M::BounceRate, M::VisitDuration])
             .dim(D::EntryPage, "entry")
-            .range(&day(13), &day(0))
+            .range(&day(6), &day(0))
             .order_metric(M::Visits, true)
             .limit(50),
         shape("exit_pages_of_blog")
             .metrics(&[M::Visits, M::Pageviews])
             .dim(D::ExitPage, "exit")
-            .range(&day(13), &day(0))
+            .range(&day(13), &day(7))
             .filter(
                 matches(std_dim(D::Hostname), T::Prefix, "BLOG.", false),
                 "starts_with(lower(hostname), 'blog.')",
@@ -301,9 +301,9 @@ pub fn all(dates: Dates) -> Vec<Shape> {
             .metrics(&[M::Visits, M::TimeOnPage, M::VisitDuration])
             .dim(D::Medium, "medium")
             .tz("America/New_York")
-            .range(&day(20), &day(10))
-            .range(&day(14), &day(3))
-            .range(&day(1), &day(0)),
+            .range(&day(12), &day(8))
+            .range(&day(10), &day(5))
+            .range(&day(4), &day(3)),
         // Today has no events (the data set ends earlier): no rows, zero totals.
         shape("today_is_empty")
             .metrics(&[M::Visitors, M::Pageviews, M::BounceRate, M::TimeOnPage])
