@@ -363,10 +363,9 @@ impl Shape {
                 )
             })
             .collect();
-        let uses_visit = self
-            .dims_sql
-            .iter()
-            .any(|d| d.contains("entry") || d.contains("exit"))
+        // Entry and exit pages, bounce and duration are facts of whole visits.
+        let mut sql_parts = self.dims_sql.iter().chain([&self.filter_sql]);
+        let uses_visit = sql_parts.any(|sql| mentions(sql, "entry") || mentions(sql, "exit"))
             || metrics
                 .iter()
                 .any(|m| matches!(m, M::BounceRate | M::VisitDuration));
@@ -428,7 +427,11 @@ scan AS (SELECT e.* FROM events e, hull WHERE e.us >= hull.lo AND e.us < hull.hi
             .collect();
         let group_names: Vec<&str> = group.iter().map(|(_, alias)| alias.as_str()).collect();
         let filter = self.filter_sql.replace("{tz}", &tz);
-        let _ = write_hits(&mut sql, visit_cols, spent_col, &joins, &filter);
+        sql.push_str(&format!(
+            "hits AS (SELECT r.range_index, r.range_name, s.*{visit_cols}{spent_col}
+  FROM scan s JOIN ranges r ON s.us >= r.lo AND s.us < r.hi{joins}
+  WHERE ({filter})),\n"
+        ));
         sql.push_str(&format!(
             "per_visit AS (SELECT {}session_id, any_value(visitor_id) AS visitor_id,
     count(*) FILTER (WHERE is_view) AS pageviews, count(*) AS events,
@@ -515,18 +518,8 @@ FROM ranges r LEFT JOIN grouped g USING (range_index) ORDER BY r.range_index",
     }
 }
 
-fn write_hits(
-    sql: &mut String,
-    visit_cols: &str,
-    spent_col: &str,
-    joins: &str,
-    filter: &str,
-) -> std::fmt::Result {
-    use std::fmt::Write;
-    write!(
-        sql,
-        "hits AS (SELECT r.range_index, r.range_name, s.*{visit_cols}{spent_col}
-  FROM scan s JOIN ranges r ON s.us >= r.lo AND s.us < r.hi{joins}
-  WHERE ({filter})),\n"
-    )
+/// Whether `sql` uses `word` as a name (not inside a longer name).
+fn mentions(sql: &str, word: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|token| token == word)
 }
