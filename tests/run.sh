@@ -25,6 +25,8 @@ echo "== lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+# The correctness suite (tests/e2e/correctness) runs the optimised server.
+cargo build --release --locked -p tally-server --bin tally
 services_wait
 echo "== tests"
 status=0

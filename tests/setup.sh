@@ -3,8 +3,9 @@
 # grpcurl (from the Go module proxy), used by the end-to-end suite, and Java 17
 # with Maven (from Debian), which build and test the Kotlin SDK, and Node.js 20+
 # with Chromium (from Debian), which build and test the web SDK in a real browser,
-# and redis-server (Debian) for the ScyllaDB + Redis tests (tests/services.sh
-# resolves Cassandra from Maven Central).
+# redis-server (Debian) for the ScyllaDB + Redis tests (tests/services.sh
+# resolves Cassandra from Maven Central), and the duckdb Python package in a
+# virtual environment (from PyPI), the correctness suite's independent oracle.
 set -euo pipefail
 
 GRPCURL_VERSION="v1.9.4"
@@ -28,3 +29,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 echo "setup: $(javac -version 2>&1), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g')"
 echo "setup: node $(node --version), npm $(npm --version), $(chromium --version 2>/dev/null)"
+
+# DuckDB for the correctness suite (tests/e2e/correctness.rs runs tests/duckdb/oracle.py
+# with this interpreter). Test environment only: the server never needs it.
+DUCKDB_VERSION="2.0.0"
+venv="${TALLY_VENV:-$HOME/.cache/tally/venv}"
+if ! "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" 2>/dev/null; then
+  echo "setup: installing duckdb $DUCKDB_VERSION into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==$DUCKDB_VERSION"
+fi
+echo "setup: duckdb $("$venv/bin/python" -c 'import duckdb; print(duckdb.__version__)') in $venv"

@@ -4,6 +4,7 @@
 
 mod chaos;
 mod durability;
+mod generate;
 mod grpcurl;
 mod process;
 mod recipes;

@@ -105,6 +105,9 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         std::fs::write(path, geoip_database()).with_context(|| format!("write {}", path.display()))?;
         eprintln!("generate: wrote the geo-IP database {}", path.display());
     }
+    if args.events == 0 && args.output.is_none() && !args.create_site {
+        return Ok(());
+    }
     let sending = args.output.is_none();
     let site = args.site.clone().unwrap_or_default();
     if sending && args.events > 0 && site.is_empty() {
