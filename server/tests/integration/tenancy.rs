@@ -271,6 +271,23 @@ fn refused(result: &Result<(), tonic::Status>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_refuses_other_sites_and_wrong_kinds() {
     let server = TestServer::start().await;
+    check_isolation(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_refuses_other_sites_and_wrong_kinds_on_scylla_and_redis() {
+    let options = crate::scylla::fresh_options("tenancy");
+    let server = TestServer::start_scale_out(&options).await;
+    check_isolation(&server).await;
+    server.stop().await;
+    let store = tally_server::storage::scylla::ScyllaStore::connect(&options)
+        .await
+        .unwrap();
+    crate::scylla::drop_keyspace(&store, &options.keyspace).await;
+}
+
+async fn check_isolation(server: &TestServer) {
     server.site("a", "UTC").await;
     server.site("b", "UTC").await;
     let ingest_a = server.key(v1::KeyKind::Ingest, &["a"]).await;
@@ -288,7 +305,7 @@ async fn every_rpc_refuses_other_sites_and_wrong_kinds() {
     for rpc in &all {
         // Site a's keys on site b: refused, whatever the kind.
         for (name, key) in [("ingest key of a", &ingest_a), ("query key of a", &query_a)] {
-            let result = call(&server, rpc, "b", key).await;
+            let result = call(server, rpc, "b", key).await;
             assert!(refused(&result), "{rpc} on site b with the {name}: {result:?}");
             refusals += 1;
         }
@@ -304,14 +321,13 @@ async fn every_rpc_refuses_other_sites_and_wrong_kinds() {
             if key == right_kind {
                 continue;
             }
-            let result = call(&server, rpc, "a", key).await;
+            let result = call(server, rpc, "a", key).await;
             assert!(refused(&result), "{rpc} on site a with its {name}: {result:?}");
             refusals += 1;
         }
         // The right key passes (so a refusal above is about the key, not the call).
-        let result = call(&server, rpc, "a", right_kind).await;
+        let result = call(server, rpc, "a", right_kind).await;
         assert!(result.is_ok(), "{rpc} on site a with the right key: {result:?}");
     }
     assert_eq!(refusals, 19 * 2 + 19 + 9);
-    server.stop().await;
 }
