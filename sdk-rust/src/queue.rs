@@ -14,7 +14,9 @@
 //! old one atomically; an ack file of another generation counts as zero.
 //!
 //! On open, a torn record at the end (a write cut short by a kill) is dropped
-//! and the file truncated before it; every record before it is kept.
+//! and the file truncated before it; every record before it is kept. A header
+//! cut short (a kill while the file was created) starts a new file, and an ack
+//! file that does not match what was found is rewritten to match.
 //!
 //! Overflow: the queue holds at most `max_events` unacknowledged records. When
 //! it is full, a new record is dropped and counted ([`DiskQueue::dropped`]):
@@ -120,21 +122,38 @@ impl DiskQueue {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(&log_path))?;
 
-        let generation = if bytes.is_empty() {
+        let (generation, records, torn_bytes) = if is_new_or_torn_header(&bytes) {
+            if !bytes.is_empty() {
+                tracing::warn!(torn_bytes = bytes.len(), "queue: dropping a torn header");
+                file.set_len(0).map_err(io(&log_path))?;
+                file.rewind().map_err(io(&log_path))?;
+            }
             write_header(&mut file, 1).map_err(io(&log_path))?;
-            1
+            (1, Vec::new(), bytes.len() as u64)
         } else {
-            parse_header(&bytes).ok_or_else(|| QueueError::NotAQueue(log_path.clone()))?
+            let generation = parse_header(&bytes).ok_or_else(|| QueueError::NotAQueue(log_path.clone()))?;
+            let (records, valid_len) = parse_records(&bytes);
+            let torn_bytes = bytes.len() as u64 - valid_len;
+            if torn_bytes > 0 {
+                tracing::warn!(torn_bytes, "queue: dropping a torn record at the end of the file");
+                file.set_len(valid_len).map_err(io(&log_path))?;
+            }
+            (generation, records, torn_bytes)
         };
-        let (records, valid_len) = parse_records(&bytes);
-        let torn_bytes = (bytes.len() as u64).saturating_sub(valid_len.max(HEADER_LEN));
-        if torn_bytes > 0 {
-            tracing::warn!(torn_bytes, "queue: dropping a torn record at the end of the file");
-            file.set_len(valid_len).map_err(io(&log_path))?;
-        }
         file.seek(SeekFrom::End(0)).map_err(io(&log_path))?;
 
-        let acked = read_ack(dir, generation).min(records.len() as u64);
+        let ack_file = read_ack(dir);
+        let acked = match ack_file {
+            Some((ack_generation, acked)) if ack_generation == generation => acked.min(records.len() as u64),
+            _ => 0,
+        };
+        // An ack file that says anything else (another generation, or more
+        // records than survived a crash) would skip records appended from now
+        // on, once the file reaches that generation or length: make it true.
+        if ack_file.is_some_and(|found| found != (generation, acked)) {
+            tracing::warn!(?ack_file, generation, acked, "queue: correcting the ack file");
+            write_ack(dir, generation, acked)?;
+        }
         let records_in_file = records.len() as u64;
         let pending: VecDeque<Vec<u8>> = records.into_iter().skip(acked as usize).collect();
         let recovery = Recovery {
@@ -229,7 +248,9 @@ impl DiskQueue {
 
     /// Writes the pending records as a new generation and swaps it in.
     fn compact(&mut self) -> Result<(), QueueError> {
-        let generation = self.generation + 1;
+        // Wraps rather than overflows: the number only has to differ from the
+        // ack file's, and a damaged header may hold any number.
+        let generation = self.generation.wrapping_add(1);
         let tmp_path = self.dir.join("queue.log.tmp");
         let mut tmp = File::create(&tmp_path).map_err(io(&tmp_path))?;
         write_header(&mut tmp, generation).map_err(io(&tmp_path))?;
@@ -266,6 +287,12 @@ fn write_header(file: &mut File, generation: u64) -> std::io::Result<()> {
     file.write_all(&header)
 }
 
+/// True for an empty log, or one shorter than its header whose bytes begin
+/// the header (a kill while the file was being created): both start afresh.
+fn is_new_or_torn_header(bytes: &[u8]) -> bool {
+    bytes.len() < HEADER_LEN as usize && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())])
+}
+
 fn parse_header(bytes: &[u8]) -> Option<u64> {
     let magic = bytes.get(..8)?;
     let generation = bytes.get(8..16)?;
@@ -296,18 +323,16 @@ fn ack_path(dir: &Path) -> PathBuf {
     dir.join("queue.ack")
 }
 
-fn read_ack(dir: &Path, generation: u64) -> u64 {
-    let Ok(bytes) = std::fs::read(ack_path(dir)) else {
-        return 0;
-    };
+/// The generation and count in the ack file; `None` when there is none or it
+/// is damaged (both count as nothing acknowledged).
+fn read_ack(dir: &Path) -> Option<(u64, u64)> {
+    let bytes = std::fs::read(ack_path(dir)).ok()?;
     if bytes.len() != 20 || crc32fast::hash(&bytes[..16]).to_le_bytes() != bytes[16..20] {
-        return 0;
+        return None;
     }
-    let ack_generation = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    match ack_generation == generation {
-        true => u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
-        false => 0,
-    }
+    let generation = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let acked = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Some((generation, acked))
 }
 
 fn write_ack(dir: &Path, generation: u64, acked: u64) -> Result<(), QueueError> {
@@ -453,6 +478,81 @@ mod tests {
         write_ack(dir.path(), 99, 3).unwrap();
         let (queue, _) = open(dir.path(), 100);
         assert_eq!(contents(&queue), (0..4).map(record).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_header_starts_a_new_queue() {
+        for torn in [&b"TALLYQ"[..], b"TALLYQ1\n\x01\x00"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("queue.log"), torn).unwrap();
+            let (mut queue, recovery) = open(dir.path(), 100);
+            assert!(queue.is_empty());
+            assert_eq!(recovery.torn_bytes, torn.len() as u64);
+            queue.push(&record(0)).unwrap();
+            drop(queue);
+            let (queue, recovery) = open(dir.path(), 100);
+            assert_eq!(contents(&queue), [record(0)]);
+            assert_eq!(recovery.torn_bytes, 0);
+        }
+    }
+
+    #[test]
+    fn an_ack_file_counting_lost_records_does_not_skip_new_ones() {
+        // Found by fuzzing (tracker_queue): records acknowledged, then lost from
+        // the log (a power cut before they reached the disk); the ack file still
+        // counted them, so it skipped the records appended after recovery.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut queue, _) = open(dir.path(), 100);
+        for n in 0..4 {
+            queue.push(&record(n)).unwrap();
+        }
+        queue.ack(1).unwrap();
+        drop(queue);
+        let log = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("queue.log"))
+            .unwrap();
+        log.set_len(HEADER_LEN).unwrap();
+        let (mut queue, _) = open(dir.path(), 100);
+        assert!(queue.is_empty());
+        queue.push(&record(9)).unwrap();
+        drop(queue);
+        assert_eq!(contents(&open(dir.path(), 100).0), [record(9)]);
+    }
+
+    #[test]
+    fn an_ack_file_of_a_later_generation_does_not_apply_after_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut queue, _) = open(dir.path(), 100);
+        for n in 0..4 {
+            queue.push(&record(n)).unwrap();
+        }
+        drop(queue);
+        // Left by a compaction whose new log did not survive a power cut.
+        write_ack(dir.path(), 2, 3).unwrap();
+        let (mut queue, _) = open(dir.path(), 100);
+        assert_eq!(queue.len(), 4);
+        queue.ack(3).unwrap(); // compaction: generation 2
+        queue.push(&record(4)).unwrap();
+        drop(queue);
+        let (queue, _) = open(dir.path(), 100);
+        assert_eq!(contents(&queue), [record(3), record(4)]);
+    }
+
+    #[test]
+    fn the_generation_wraps_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(u64::MAX.to_le_bytes());
+        for n in 0..3 {
+            encode_record(&record(n), &mut bytes);
+        }
+        std::fs::write(dir.path().join("queue.log"), &bytes).unwrap();
+        let (mut queue, _) = open(dir.path(), 100);
+        queue.ack(2).unwrap(); // compaction: generation u64::MAX + 1
+        drop(queue);
+        let (queue, _) = open(dir.path(), 100);
+        assert_eq!(contents(&queue), [record(2)]);
     }
 
     #[test]
