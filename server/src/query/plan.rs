@@ -282,7 +282,7 @@ pub fn plan(site: &crate::domain::SiteRecord, req: &v1::RunReportRequest, now_mi
         order.extend(
             dims.iter()
                 .enumerate()
-                .filter(|(_, d)| d.is_time() || **d == Dim::Standard(v1::Dimension::DateRange))
+                .filter(|(_, d)| d.is_time())
                 .map(|(i, _)| (SortKey::Dim(i), false)),
         );
         order.push((SortKey::Metric(0), true));
