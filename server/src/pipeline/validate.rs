@@ -268,7 +268,9 @@ impl Validate {
             ));
         }
         let signs_agree = (money.units >= 0 && money.nanos >= 0) || (money.units <= 0 && money.nanos <= 0);
-        if money.nanos.abs() > 999_999_999 || !signs_agree {
+        // `unsigned_abs`: `i32::MIN.abs()` overflows (a panic in debug builds,
+        // and a negative "absolute" value that passed the check in release).
+        if money.nanos.unsigned_abs() > 999_999_999 || !signs_agree {
             return Err(Rejection::new(
                 R::InvalidRevenue,
                 "revenue.nanos",
@@ -415,6 +417,48 @@ impl Validate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revenue_nanos_are_checked_at_the_limits() {
+        let validate = ValidateConfig::default().build();
+        let facts = RequestFacts {
+            site: Default::default(),
+            now_micros: 0,
+            user_agent: String::new(),
+            peer_ip: None,
+            from_browser: false,
+            do_not_track: false,
+            excluded_ips: Vec::new(),
+            salt: [0; 32],
+        };
+        for (units, nanos, ok) in [
+            (-1, -999_999_999, true),
+            (0, 999_999_999, true),
+            (0, -1_000_000_000, false),
+            (0, i32::MIN, false),
+            (-5, i32::MIN, false),
+            (5, i32::MAX, false),
+        ] {
+            let raw = v1::Event {
+                revenue: Some(v1::Money {
+                    currency_code: "EUR".into(),
+                    units,
+                    nanos,
+                }),
+                ..Default::default()
+            };
+            let mut draft = Draft {
+                raw: &raw,
+                facts: &facts,
+                stored: Default::default(),
+                user_agent: "",
+                web: false,
+                ip: None,
+            };
+            let checked = validate.revenue(&mut draft);
+            assert_eq!(checked.is_ok(), ok, "{units} units, {nanos} nanos: {checked:?}");
+        }
+    }
 
     #[test]
     fn referrers_need_a_scheme_and_an_http_host() {
