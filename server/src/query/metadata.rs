@@ -6,9 +6,9 @@ use futures::StreamExt;
 use tally_proto::v1::{self, Dimension as D, Metric as M};
 
 use super::plan::metric_type;
-use crate::domain::{PropValue, SiteId, SiteRecord};
+use crate::domain::{SiteId, SiteRecord};
 use crate::error::Result;
-use crate::rollup::Rollups;
+use crate::rollup::{Rollups, note_property_kinds, property_kind_names};
 use crate::storage::Store;
 
 /// Days of raw events read for property keys when no rollups are kept.
@@ -105,15 +105,7 @@ pub async fn metadata(
             let mut chunks = store.scan(&id, from, i64::MAX);
             while let Some(chunk) = chunks.next().await {
                 for e in chunk? {
-                    for (key, prop) in &e.properties {
-                        let bit = match prop.value {
-                            Some(PropValue::Str(_)) => 1,
-                            Some(PropValue::Num(_)) => 2,
-                            Some(PropValue::Bool(_)) => 4,
-                            None => 0,
-                        };
-                        *kinds.entry(key.clone()).or_insert(0u8) |= bit;
-                    }
+                    note_property_kinds(&mut kinds, &e);
                 }
             }
             kinds
@@ -139,11 +131,7 @@ pub async fn metadata(
             .into_iter()
             .map(|(key, bits)| v1::PropertyKeyInfo {
                 key,
-                value_types: [(1, "string"), (2, "number"), (4, "bool")]
-                    .iter()
-                    .filter(|(bit, _)| bits & bit != 0)
-                    .map(|(_, name)| (*name).to_owned())
-                    .collect(),
+                value_types: property_kind_names(bits),
             })
             .collect(),
     })

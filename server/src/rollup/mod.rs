@@ -137,20 +137,7 @@ impl SiteRollups {
     }
 
     fn apply(&mut self, e: &StoredEvent) {
-        for (key, prop) in &e.properties {
-            let kind = match prop.value {
-                Some(PropValue::Str(_)) => 1,
-                Some(PropValue::Num(_)) => 2,
-                Some(PropValue::Bool(_)) => 4,
-                None => 0,
-            };
-            match self.properties.get_mut(key) {
-                Some(kinds) => *kinds |= kind,
-                None => {
-                    self.properties.insert(key.clone(), kind);
-                }
-            }
-        }
+        note_property_kinds(&mut self.properties, e);
         if !counts_in_reports(e, false) {
             return;
         }
@@ -189,6 +176,34 @@ impl SiteRollups {
             .sum();
         hours + days
     }
+}
+
+/// Adds the kinds of value of `e`'s properties to `kinds` (per key: bit 0
+/// string, bit 1 number, bit 2 bool).
+pub fn note_property_kinds(kinds: &mut BTreeMap<String, u8>, e: &StoredEvent) {
+    for (key, prop) in &e.properties {
+        let bit = match prop.value {
+            Some(PropValue::Str(_)) => 1,
+            Some(PropValue::Num(_)) => 2,
+            Some(PropValue::Bool(_)) => 4,
+            None => 0,
+        };
+        match kinds.get_mut(key) {
+            Some(known) => *known |= bit,
+            None => {
+                kinds.insert(key.clone(), bit);
+            }
+        }
+    }
+}
+
+/// The names of the kinds noted by [`note_property_kinds`].
+pub fn property_kind_names(bits: u8) -> Vec<String> {
+    [(1, "string"), (2, "number"), (4, "bool")]
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect()
 }
 
 struct Entry {
