@@ -21,6 +21,7 @@
 #[path = "../process.rs"]
 mod process;
 
+mod funnels;
 mod oracle;
 mod report_sql;
 mod shapes;
@@ -222,6 +223,27 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
         queries.push((format!("{}/rows", shape.name), shape.rows_sql(&frame)));
         queries.push((format!("{}/totals", shape.name), shape.totals_sql(&frame)));
     }
+    let funnels = funnels::all(|n| {
+        (dates.last - chrono::Duration::days(n))
+            .format("%Y-%m-%d")
+            .to_string()
+    });
+    let funnel_frames: Vec<(String, chrono::NaiveDate)> = funnels
+        .iter()
+        .map(|f| {
+            let tz = if f.request.time_zone.is_empty() {
+                SITE_ZONE.to_string()
+            } else {
+                f.request.time_zone.clone()
+            };
+            let today = today_in(&tz);
+            (tz, today)
+        })
+        .collect();
+    for (funnel, (tz, today)) in funnels.iter().zip(&funnel_frames) {
+        let frame = Frame { tz, today: *today };
+        queries.push((funnel.name.to_string(), funnel.sql(&frame)));
+    }
     // DuckDB works while the server answers the same questions.
     let started = Instant::now();
     let oracle = oracle::start(&python, &jsonl, &queries);
@@ -236,13 +258,22 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
         let response = client.run_report(authed(ADMIN_KEY, request)).await;
         responses.push((response.map(|r| r.into_inner()), asked.elapsed()));
     }
+    let mut funnel_responses = Vec::new();
+    for funnel in &funnels {
+        let mut request = funnel.request.clone();
+        request.site_id = SITE.into();
+        let asked = Instant::now();
+        let response = client.run_funnel_report(authed(ADMIN_KEY, request)).await;
+        funnel_responses.push((response.map(|r| r.into_inner()), asked.elapsed()));
+    }
     let engine_seconds = started.elapsed().as_secs_f64();
     let answer = oracle.wait();
     assert_eq!(answer.events, events);
     say(&format!(
-        "tally answered {} reports in {engine_seconds:.1} s; duckdb loaded {} events in {:.1} s \
+        "tally answered {} reports and {} funnels in {engine_seconds:.1} s; duckdb loaded {} events in {:.1} s \
          and answered {} queries, {:.1} s in all",
         shapes.len(),
+        funnels.len(),
         answer.events,
         answer.load_seconds,
         queries.len(),
@@ -298,7 +329,40 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
             }
         }
     }
-    say(&format!("{} shapes, {compared} rows compared", shapes.len()));
+    for ((funnel, (tz, today)), (response, took)) in funnels.iter().zip(&funnel_frames).zip(funnel_responses)
+    {
+        let frame = Frame { tz, today: *today };
+        let rows = &answer.results[funnel.name];
+        let outcome = response
+            .map_err(|status| format!("RunFunnelReport failed: {status:?}"))
+            .and_then(|response| funnels::compare(funnel, &response, rows).map(|n| (n, response)));
+        match outcome {
+            Ok((n, response)) => {
+                compared += n;
+                let visitors: Vec<i64> = response.steps.iter().map(|s| s.visitors).collect();
+                say(&format!(
+                    "{:<36} {n:>5} steps compared: visitors {visitors:?} (tally {:>6.0} ms, duckdb {:>5.0} ms)",
+                    funnel.name,
+                    took.as_secs_f64() * 1000.0,
+                    rows.seconds * 1000.0
+                ));
+            }
+            Err(diff) => {
+                say(&format!("{:<36} MISMATCH", funnel.name));
+                failures.push(format!(
+                    "{}: {diff}\nrequest: {:?}\nSQL:\n{}",
+                    funnel.name,
+                    funnel.request,
+                    funnel.sql(&frame)
+                ));
+            }
+        }
+    }
+    say(&format!(
+        "{} report shapes and {} funnels, {compared} rows compared",
+        shapes.len(),
+        funnels.len()
+    ));
     assert!(failures.is_empty(), "\n\n{}", failures.join("\n\n"));
 }
 
