@@ -46,6 +46,8 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// Seconds to let in-flight requests finish at shutdown.
     pub shutdown_grace_secs: Option<u64>,
+    /// Free disk space (MiB) the embedded store keeps in reserve.
+    pub min_free_disk_mb: Option<u64>,
     /// Ingest limits.
     pub limits: Option<IngestLimits>,
     /// MaxMind-format geo-IP databases: one path or a list.
@@ -149,6 +151,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Free space the embedded store leaves on its disk: below it, appends
+    /// are refused with `UNAVAILABLE` until space is freed.
+    pub min_free_disk_bytes: u64,
     /// Ingest limits.
     pub limits: IngestLimits,
     /// MaxMind-format (`.mmdb`) geo-IP databases, tried in order; empty: no geo.
@@ -177,6 +182,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            min_free_disk_bytes: crate::storage::embedded::DEFAULT_MIN_FREE_DISK_BYTES,
             limits: IngestLimits::default(),
             geoip_db: Vec::new(),
             client_ip_header: None,
@@ -223,6 +229,7 @@ impl Config {
         let past_days = self.limits.max_past_secs.div_euclid(86_400) + 1;
         crate::storage::embedded::EmbeddedOptions {
             dedup_window_days: past_days + 1,
+            min_free_disk_bytes: self.min_free_disk_bytes,
         }
     }
 
@@ -377,6 +384,9 @@ impl Config {
             shutdown_grace: file
                 .shutdown_grace_secs
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
+            min_free_disk_bytes: file
+                .min_free_disk_mb
+                .map_or(defaults.min_free_disk_bytes, |mb| mb.saturating_mul(1 << 20)),
             limits,
             rate_limits,
             otlp_endpoint,

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub write_queue: AtomicI64,
     /// Open `WatchRealtime` streams.
     pub realtime_streams: AtomicI64,
+    /// Group commits refused because the disk was nearly full.
+    pub disk_full_refusals: AtomicI64,
     /// RPCs by "method code".
     rpcs: Family,
     /// RPC latency by method (until the response headers).
@@ -243,6 +245,12 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP tally_disk_full_refusals_total Group commits refused because the disk was nearly full.\n\
+             # TYPE tally_disk_full_refusals_total counter\ntally_disk_full_refusals_total {}",
+            self.disk_full_refusals.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -3,6 +3,7 @@
 //! two of them sharing Cassandra and Redis.
 
 mod chaos;
+mod disk_full;
 mod durability;
 mod generate;
 mod grpcurl;

@@ -72,6 +72,52 @@ pub struct WriteJob {
     pub reply: oneshot::Sender<Result<Vec<AppendOutcome>, StorageError>>,
 }
 
+/// Free space the writer leaves on the store's disk.
+///
+/// The database cannot take a failed write back: after a write that ran out
+/// of space it refuses every later one until the process restarts. So the
+/// writer checks the free space (one `statvfs`) before each group commit and
+/// refuses the group, retryably, while less than the reserve is left; the
+/// reserve also leaves room for flushes and compactions. Appends go through
+/// again as soon as space is freed.
+pub struct DiskReserve {
+    dir: std::path::PathBuf,
+    bytes: u64,
+}
+
+impl DiskReserve {
+    /// A reserve of `bytes` on the file system of `dir`.
+    pub fn new(dir: &std::path::Path, bytes: u64) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            bytes,
+        }
+    }
+
+    /// `Unavailable` when less than the reserve is free.
+    fn check(&self) -> Result<(), StorageError> {
+        if self.bytes == 0 {
+            return Ok(());
+        }
+        let stat = rustix::fs::statvfs(&self.dir)
+            .map_err(|err| StorageError::Io(format!("statvfs {}: {err}", self.dir.display())))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.bytes {
+            crate::metrics::metrics()
+                .disk_full_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(StorageError::Unavailable(format!(
+                "disk nearly full: {} MiB free under {}, {} MiB kept in reserve (min_free_disk_mb); \
+                 nothing was stored, retry once space is freed",
+                free >> 20,
+                self.dir.display(),
+                self.bytes >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The writer thread's state.
 pub struct Writer {
     db: Database,
@@ -80,6 +126,7 @@ pub struct Writer {
     meta: Keyspace,
     dedup: DedupWindow,
     next_pack_seq: u64,
+    reserve: DiskReserve,
 }
 
 impl Writer {
@@ -90,6 +137,7 @@ impl Writer {
         pack_ids: Keyspace,
         meta: Keyspace,
         window_days: i64,
+        reserve: DiskReserve,
     ) -> Result<Self, StorageError> {
         let next_pack_seq = match meta.get(NEXT_PACK_SEQ)? {
             Some(raw) => u64::from_be_bytes(
@@ -120,6 +168,7 @@ impl Writer {
             meta,
             dedup,
             next_pack_seq,
+            reserve,
         })
     }
 
@@ -147,7 +196,11 @@ impl Writer {
                 Err(err) => {
                     tracing::error!(error = %err, events = queued_events, "group commit failed");
                     for job in group.drain(..) {
-                        let _ = job.reply.send(Err(StorageError::Io(err.to_string())));
+                        let reply = match &err {
+                            StorageError::Unavailable(message) => StorageError::Unavailable(message.clone()),
+                            other => StorageError::Io(other.to_string()),
+                        };
+                        let _ = job.reply.send(Err(reply));
                     }
                 }
             }
@@ -178,6 +231,7 @@ impl Writer {
         if accepted.is_empty() {
             return Ok(outcomes);
         }
+        self.reserve.check()?;
         accepted.sort_unstable_by_key(|e| (e.site_num, e.minute(), e.ts_micros, e.id));
 
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));

@@ -116,12 +116,19 @@ pub struct EmbeddedOptions {
     /// Days (by event timestamp) for which duplicates are recognised. Must
     /// cover the oldest timestamp that ingest accepts, with a day of margin.
     pub dedup_window_days: i64,
+    /// Free space to leave on the store's disk: a group commit that finds
+    /// less is refused (`Unavailable`, retryable) before it writes anything.
+    pub min_free_disk_bytes: u64,
 }
+
+/// Default [`EmbeddedOptions::min_free_disk_bytes`]: 256 MiB.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 << 20;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             dedup_window_days: 32,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
         }
     }
 }
@@ -164,6 +171,7 @@ impl EmbeddedStore {
             pack_ids,
             inner.meta.clone(),
             options.dedup_window_days,
+            events::DiskReserve::new(dir, options.min_free_disk_bytes),
         )?;
         let (jobs_tx, jobs) = mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
