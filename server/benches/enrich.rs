@@ -12,6 +12,8 @@
 
 use std::time::Instant;
 
+mod figures;
+
 use tally_proto::v1;
 use tally_server::domain::SiteRecord;
 use tally_server::pipeline::{GeoConfig, Pipeline, PipelineConfig, RequestFacts};
@@ -141,11 +143,12 @@ fn main() {
         "{:<44} {:>10} {:>12} {:>8}",
         "case", "ns/event", "events/s", "x base"
     );
-    for (name, ns) in [
-        ("native event (baseline: no UA, no referrer)", base),
-        ("browser event, warm UA cache", warm_ns),
-        ("browser event, every UA new (cold)", cold_ns),
+    for (name, key, ns) in [
+        ("native event (baseline: no UA, no referrer)", "native", base),
+        ("browser event, warm UA cache", "warm", warm_ns),
+        ("browser event, every UA new (cold)", "cold", cold_ns),
     ] {
+        figures::record(&format!("enrich.{key}_ns"), ns);
         println!("{name:<44} {ns:>10.0} {:>12.0} {:>8.2}", 1e9 / ns, ns / base);
     }
 }

@@ -25,6 +25,7 @@ use tally_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
+mod figures;
 mod support;
 
 use support::{authed, connect, setting, start_tally};
@@ -236,24 +237,27 @@ fn main() {
             "{:<28} {:>14} {:>14} {:>8}",
             "case", "no-op ev/s", "tally ev/s", "ratio"
         );
-        let cases: [(&str, usize, usize, Mode); 3] = [
-            ("Track, batches of 100", total, 100, Mode::Unary),
-            ("TrackStream, 100 per msg", total, 100, Mode::Stream),
-            ("Track, single events", total / 10, 1, Mode::Unary),
+        let cases: [(&str, &str, usize, usize, Mode); 3] = [
+            ("Track, batches of 100", "batch", total, 100, Mode::Unary),
+            ("TrackStream, 100 per msg", "stream", total, 100, Mode::Stream),
+            ("Track, single events", "unary", total / 10, 1, Mode::Unary),
         ];
-        for (name, count, batch, mode) in cases {
+        for (name, key_name, count, batch, mode) in cases {
             // Warm up both, then measure; every run sends fresh event ids.
             drive(noop, &key, batches(count / 10, batch), mode, clients).await;
             drive(tally, &key, batches(count / 10, batch), mode, clients).await;
             let base = drive(noop, &key, batches(count, batch), mode, clients).await;
             let ours = drive(tally, &key, batches(count, batch), mode, clients).await;
             stored += count + count / 10;
+            figures::record(&format!("ingest.noop.{key_name}"), base);
+            figures::record(&format!("ingest.tally.{key_name}"), ours);
             println!(
                 "{name:<28} {base:>14.0} {ours:>14.0} {:>7.1}%",
                 100.0 * ours / base
             );
         }
         let disk = store.disk_space().unwrap();
+        figures::record("ingest.bytes_per_event", disk as f64 / stored as f64);
         println!(
             "embedded store: {disk} bytes on disk for {stored} events ({:.0} bytes/event, journal included)",
             disk as f64 / stored as f64

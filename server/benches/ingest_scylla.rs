@@ -33,6 +33,8 @@ use tally_server::realtime::redis::RedisRealtime;
 use tally_server::storage::EventStore;
 use tally_server::storage::scylla::{ScyllaOptions, ScyllaStore};
 
+mod figures;
+
 const ADMIN_KEY: &str = "bench-operator-key-0123456789";
 
 /// A row of `events`: bucket, timestamp, id, body.
@@ -329,6 +331,8 @@ fn main() {
             direct
         );
         println!("tally / raw: {:.1}%", 100.0 * ours / direct);
+        figures::record("scylla.tally_eps", ours);
+        figures::record("scylla.raw_eps", direct);
         println!("requests resent after UNAVAILABLE: {resent}");
         for keyspace in [&tally_keyspace, &raw_keyspace] {
             raw.session()

@@ -26,6 +26,7 @@ use tally_proto::v1::{
 };
 use tonic::transport::Channel;
 
+mod figures;
 mod support;
 
 use support::{ADMIN_KEY, authed, connect, setting, start_tally};
@@ -208,8 +209,18 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
-fn print(name: &str, p: &Phase) {
+fn print(name: &str, key: &str, p: &Phase) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    figures::record(&format!("realtime.{key}.events_per_second"), p.events_per_second);
+    figures::record(
+        &format!("realtime.{key}.p50_ms"),
+        ms(quantile(&p.latencies, 0.50)),
+    );
+    figures::record(
+        &format!("realtime.{key}.p99_ms"),
+        ms(quantile(&p.latencies, 0.99)),
+    );
+    figures::record(&format!("realtime.{key}.samples"), p.latencies.len() as f64);
     println!(
         "{name:<14} load {:>6.0} events/s  samples {:>5} ({} probes, {} missed)  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  snapshots/s per watch {:.1}",
         p.events_per_second,
@@ -236,8 +247,8 @@ fn main() {
         let (addr, key, _store) = start_tally(dir.path()).await;
         println!("realtime latency, Track acknowledged -> WatchRealtime snapshot, {watchers} watches, {seconds} s per phase");
         let idle = phase(addr, &key, 0, watchers, seconds, 0).await;
-        print("no load", &idle);
+        print("no load", "idle", &idle);
         let loaded = phase(addr, &key, rate, watchers, seconds, 1_000_000).await;
-        print("steady load", &loaded);
+        print("steady load", "load", &loaded);
     });
 }

@@ -28,6 +28,7 @@ use tally_server::generate::model::{Settings, plan};
 use tally_server::rollup::Rollups;
 use tally_server::storage::EventStore;
 
+mod figures;
 mod support;
 
 use support::{ADMIN_KEY, authed, connect, setting, start_tally_with};
@@ -56,6 +57,8 @@ fn string_filter(dim: v1::DimensionSpec, match_type: v1::MatchType, value: &str)
 
 struct Case {
     name: &'static str,
+    /// Short name of its figures for `tests/bench.sh`.
+    key: &'static str,
     request: v1::RunReportRequest,
     /// SQL over `events`; `{from}` and `{to}` are the resolved range in microseconds.
     sql: &'static str,
@@ -75,6 +78,7 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "top 10 pages, page views + visitors, 30 days",
+            key: "top_pages",
             request: v1::RunReportRequest {
                 metrics: vec![M::Pageviews as i32, M::Visitors as i32],
                 dimensions: vec![standard(D::Page)],
@@ -87,6 +91,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "daily visitors + page views, 30 days",
+            key: "daily",
             request: v1::RunReportRequest {
                 metrics: vec![M::Visitors as i32, M::Pageviews as i32],
                 dimensions: vec![standard(D::TimeDay)],
@@ -98,6 +103,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "top 10 blog posts (page filter), 30 days",
+            key: "filtered_pages",
             request: v1::RunReportRequest {
                 metrics: vec![M::Pageviews as i32, M::Visitors as i32],
                 dimensions: vec![standard(D::Page)],
@@ -111,6 +117,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "ad hoc: events with plan = pro by name, 30 days",
+            key: "ad_hoc_property",
             request: v1::RunReportRequest {
                 metrics: vec![M::Events as i32, M::Visitors as i32],
                 dimensions: vec![standard(D::EventName)],
@@ -129,6 +136,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "top 10 pages from one country (raw scan), 30 days",
+            key: "country_pages",
             request: v1::RunReportRequest {
                 metrics: vec![M::Pageviews as i32, M::Visitors as i32],
                 dimensions: vec![standard(D::Page)],
@@ -280,6 +288,8 @@ async fn main() {
         "ingest through TrackStream (4 streams, batches of 100, rollups kept): {stored} events in {seconds:.1} s = {:.0} events/s",
         stored as f64 / seconds
     );
+    figures::record("reports.events", stored as f64);
+    figures::record("reports.ingest_eps", stored as f64 / seconds);
     println!(
         "on disk: {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
         store.disk_space().unwrap() as f64 / stored as f64,
@@ -336,7 +346,7 @@ async fn main() {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(f64::total_cmp);
-        answers.push((case.name, times, last));
+        answers.push((case.name, case.key, times, last));
     }
     let queries_path = dir.path().join("queries.json");
     std::fs::write(&queries_path, serde_json::to_vec(&queries).unwrap()).unwrap();
@@ -368,12 +378,20 @@ async fn main() {
     )
     .unwrap();
     writeln!(table, "|---|---|---|---|---|---|---|").unwrap();
-    for (name, times, last) in &answers {
+    for (name, key, times, last) in &answers {
         let d = &duck["queries"][*name];
         let d50 = d["p50_ms"].as_f64().unwrap_or(f64::NAN);
         let d99 = d["p99_ms"].as_f64().unwrap_or(f64::NAN);
         let t50 = percentile(times, 0.5);
         let metadata = last.metadata.as_ref().unwrap();
+        figures::record(&format!("reports.{key}.tally_p50_ms"), t50);
+        figures::record(&format!("reports.{key}.tally_p99_ms"), percentile(times, 0.99));
+        figures::record(&format!("reports.{key}.duckdb_p50_ms"), d50);
+        figures::record(&format!("reports.{key}.duckdb_p99_ms"), d99);
+        figures::record(
+            &format!("reports.{key}.rollups"),
+            f64::from(u8::from(metadata.data_source() == v1::DataSource::Rollups)),
+        );
         writeln!(
             table,
             "| {name} | {}{} | {t50:.2} ms | {:.2} ms | {d50:.2} ms | {d99:.2} ms | {:.2}x |",
