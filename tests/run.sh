@@ -9,6 +9,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}"
 # Incremental caches double the target directory and do not help a run from a fresh clone.
 export CARGO_INCREMENTAL=0
 export GRPCURL="${GRPCURL:-$(go env GOPATH)/bin/grpcurl}"
+# The soak test (tests/e2e/soak.rs) runs 10 minutes by default; a shortened form here.
+export TALLY_SOAK_SECS="${TALLY_SOAK_SECS:-60}"
 
 bash tests/setup.sh
 

@@ -26,6 +26,48 @@ pub fn tally_binary() -> PathBuf {
     binary
 }
 
+/// The optimised `tally` binary, built (or brought up to date) by cargo in
+/// this test's target directory.
+#[allow(dead_code)] // the correctness and soak suites use it, `e2e` does not
+pub fn release_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_RELEASE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/correctness-<hash>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from target/<profile>/deps");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "tally-server",
+            "--bin",
+            "tally",
+            "--target-dir",
+        ])
+        .arg(target)
+        .current_dir(workspace)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cargo build --release --bin tally failed: {status}"
+    );
+    eprintln!(
+        "release build of tally up to date ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    target.join("release/tally")
+}
+
 pub struct Tally {
     pub child: Child,
     pub addr: String,

@@ -27,7 +27,7 @@ mod report_sql;
 mod shapes;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -36,7 +36,7 @@ use chrono_tz::Tz;
 use tally_proto::v1;
 
 use oracle::QueryResult;
-use process::{ADMIN_KEY, Tally, authed};
+use process::{ADMIN_KEY, Tally, authed, release_binary};
 use report_sql::{Frame, METRIC_COLUMNS, Shape, column, is_count, is_unique};
 
 const SITE: &str = "shop";
@@ -54,47 +54,6 @@ const FLOAT_TOLERANCE: f64 = 1e-9;
 /// Writes a line that shows even when the test's output is captured.
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "correctness: {line}");
-}
-
-/// The optimised `tally` binary, built (or brought up to date) by cargo in
-/// this test's target directory.
-fn release_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TALLY_RELEASE_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/correctness-<hash>
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test runs from target/<profile>/deps");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let started = Instant::now();
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "tally-server",
-            "--bin",
-            "tally",
-            "--target-dir",
-        ])
-        .arg(target)
-        .current_dir(workspace)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cargo build --release --bin tally failed: {status}"
-    );
-    say(&format!(
-        "release build of tally up to date ({:.1} s)",
-        started.elapsed().as_secs_f64()
-    ));
-    target.join("release/tally")
 }
 
 /// Runs `tally generate` against `server`; returns its JSON summary.
