@@ -1,40 +1,58 @@
-//! `kill -9` right after acknowledgements, restart: every acknowledged event is there.
+//! `kill -9` during ingest, restart, on both backends: every acknowledged
+//! event is there, and resending every batch (acknowledged or not, as a
+//! client that never saw its answer does) stores each event exactly once.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 
 use tally_proto::v1;
 
 use crate::process::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_events_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut tally = Tally::start(dir.path()).await;
+/// Four writers' batches of 100: writer w's batch b.
+fn batch(writer: u128, batch: u128) -> Vec<v1::Event> {
+    (0..100u128)
+        .map(|i| v1::Event {
+            event_id: uuid::Uuid::from_u128((writer << 64) | (batch * 100 + i + 1)).to_string(),
+            timestamp: Some(now_timestamp()),
+            r#type: v1::EventType::Pageview as i32,
+            url: "https://s.example/".into(),
+            anonymous_id: format!("w{writer}"),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Runs the drill on the server `start` starts (the same store each time).
+async fn kill_9_during_ingest<F, Fut>(start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Tally>,
+{
+    let mut tally = start().await;
     let key = site_with_ingest_key(tally.channel().await, "s").await;
 
     // Four writers send batches of 100 until 20,000 events are acknowledged;
     // the process is killed while they are still sending.
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let sent_batches: Arc<Mutex<Vec<(u128, u128)>>> = Arc::default();
     let (enough_tx, mut enough_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut writers = Vec::new();
     for writer in 0..4u128 {
         let channel = tally.channel().await;
-        let (acked, key, enough) = (acked.clone(), key.clone(), enough_tx.clone());
+        let (acked, sent_batches, key, enough) = (
+            acked.clone(),
+            sent_batches.clone(),
+            key.clone(),
+            enough_tx.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let mut client = v1::ingest_service_client::IngestServiceClient::new(channel);
-            for batch in 0u128.. {
-                let events: Vec<v1::Event> = (0..100u128)
-                    .map(|i| v1::Event {
-                        event_id: uuid::Uuid::from_u128((writer << 64) | (batch * 100 + i + 1)).to_string(),
-                        timestamp: Some(now_timestamp()),
-                        r#type: v1::EventType::Pageview as i32,
-                        url: "https://s.example/".into(),
-                        anonymous_id: format!("w{writer}"),
-                        ..Default::default()
-                    })
-                    .collect();
+            for b in 0u128.. {
+                let events = batch(writer, b);
                 let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+                sent_batches.lock().unwrap().push((writer, b));
                 let request = authed(
                     &key,
                     v1::TrackRequest {
@@ -62,10 +80,11 @@ async fn acknowledged_events_survive_kill_9() {
     for writer in writers {
         writer.await.unwrap();
     }
+    drop(tally);
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 20_000);
 
-    let tally = Tally::start(dir.path()).await;
+    let tally = start().await;
     let stored: Vec<String> = export_recent(tally.channel().await, "s")
         .await
         .into_iter()
@@ -86,4 +105,74 @@ async fn acknowledged_events_survive_kill_9() {
         stored.len(),
         stored.len() - acked.len()
     );
+
+    // Every batch sent before the kill is sent again: each event is stored
+    // now (accepted, if the kill took it) or was (a duplicate), never twice.
+    let sent: Vec<(u128, u128)> = sent_batches.lock().unwrap().clone();
+    let mut client = v1::ingest_service_client::IngestServiceClient::new(tally.channel().await);
+    let mut accepted_again = 0;
+    let mut all_ids = HashSet::new();
+    for (writer, b) in &sent {
+        let events = batch(*writer, *b);
+        all_ids.extend(events.iter().map(|e| e.event_id.clone()));
+        let request = authed(
+            &key,
+            v1::TrackRequest {
+                site_id: "s".into(),
+                events,
+            },
+        );
+        let response = client.track(request).await.unwrap().into_inner();
+        for result in &response.results {
+            let verdict = result.verdict();
+            assert!(
+                matches!(verdict, v1::Verdict::Accepted | v1::Verdict::Duplicate),
+                "{result:?}"
+            );
+        }
+        accepted_again += response.accepted;
+    }
+    let stored: Vec<String> = export_recent(tally.channel().await, "s")
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    let stored_again: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(
+        stored_again.len(),
+        stored.len(),
+        "no event stored twice after the resend"
+    );
+    assert_eq!(stored_again, all_ids, "every event sent is stored once");
+    assert_eq!(
+        accepted_again as usize,
+        all_ids.len() - stored_set.len(),
+        "only the events the kill took were accepted again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_during_ingest(|| Tally::start(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_on_the_scale_out_backend() {
+    let (cql, redis) = crate::scale_out::services();
+    let keyspace = format!("e2e_kill_{}", std::process::id());
+    let args: Vec<OsString> = [
+        "--scylla",
+        &cql,
+        "--redis",
+        &redis,
+        "--scylla-keyspace",
+        &keyspace,
+        "--redis-prefix",
+        &format!("{keyspace}:"),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    kill_9_during_ingest(|| Tally::start_with_args(&args)).await;
 }

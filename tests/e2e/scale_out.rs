@@ -9,7 +9,7 @@ use tally_proto::v1;
 
 use crate::process::{Tally, authed, export_recent, now_timestamp, site_with_ingest_key};
 
-fn services() -> (String, String) {
+pub(crate) fn services() -> (String, String) {
     let get = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!(
