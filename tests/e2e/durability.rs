@@ -115,14 +115,26 @@ where
     for (writer, b) in &sent {
         let events = batch(*writer, *b);
         all_ids.extend(events.iter().map(|e| e.event_id.clone()));
-        let request = authed(
-            &key,
-            v1::TrackRequest {
-                site_id: "s".into(),
-                events,
-            },
-        );
-        let response = client.track(request).await.unwrap().into_inner();
+        // On the scale-out backend a batch the kill caught mid-write is still
+        // claimed for a while: UNAVAILABLE with RetryInfo, retried as the SDKs do.
+        let mut attempts = 0;
+        let response = loop {
+            let request = authed(
+                &key,
+                v1::TrackRequest {
+                    site_id: "s".into(),
+                    events: events.clone(),
+                },
+            );
+            match client.track(request).await {
+                Ok(response) => break response.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 120 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(status) => panic!("resend failed: {status:?}"),
+            }
+        };
         for result in &response.results {
             let verdict = result.verdict();
             assert!(
