@@ -3,7 +3,6 @@
 //! client that never saw its answer does) stores each event exactly once.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 
 use tally_proto::v1;
@@ -172,19 +171,6 @@ async fn acknowledged_events_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_on_the_scale_out_backend() {
     let (cql, redis) = crate::scale_out::services();
-    let keyspace = format!("e2e_kill_{}", std::process::id());
-    let args: Vec<OsString> = [
-        "--scylla",
-        &cql,
-        "--redis",
-        &redis,
-        "--scylla-keyspace",
-        &keyspace,
-        "--redis-prefix",
-        &format!("{keyspace}:"),
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
+    let args = crate::scale_out::args(&cql, &redis, &format!("e2e_kill_{}", std::process::id()));
     kill_9_during_ingest(|| Tally::start_with_args(&args)).await;
 }

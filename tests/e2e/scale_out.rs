@@ -21,23 +21,27 @@ pub(crate) fn services() -> (String, String) {
     (get("TALLY_TEST_CQL"), get("TALLY_TEST_REDIS"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_cluster_and_one_redis() {
-    let (cql, redis) = services();
-    let keyspace = format!("e2e_{}", std::process::id());
-    let args: Vec<OsString> = [
+/// `tally serve` flags for the scale-out backend on a keyspace and key prefix of its own.
+pub(crate) fn args(cql: &str, redis: &str, keyspace: &str) -> Vec<OsString> {
+    [
         "--scylla",
-        &cql,
+        cql,
         "--redis",
-        &redis,
+        redis,
         "--scylla-keyspace",
-        &keyspace,
+        keyspace,
         "--redis-prefix",
         &format!("{keyspace}:"),
     ]
     .into_iter()
     .map(OsString::from)
-    .collect();
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_cluster_and_one_redis() {
+    let (cql, redis) = services();
+    let args = args(&cql, &redis, &format!("e2e_{}", std::process::id()));
     // Both start at once on an empty keyspace.
     let (a, b) = tokio::join!(Tally::start_with_args(&args), Tally::start_with_args(&args));
     let key = site_with_ingest_key(a.channel().await, "shop").await;

@@ -157,25 +157,20 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
     ));
 
     let site_zone: Tz = SITE_ZONE.parse().unwrap();
-    let today_in = |tz: &str| Utc::now().with_timezone(&tz.parse::<Tz>().unwrap()).date_naive();
+    // A request's time zone (the site's when empty) and today there.
+    let frame_of = |tz: &str| {
+        let tz = if tz.is_empty() { SITE_ZONE } else { tz };
+        let today = Utc::now().with_timezone(&tz.parse::<Tz>().unwrap()).date_naive();
+        (tz.to_string(), today)
+    };
     let dates = shapes::Dates {
         last: (end.with_timezone(&site_zone) - chrono::Duration::days(1)).date_naive(),
         today: Utc::now().with_timezone(&site_zone).date_naive(),
     };
     let shapes = shapes::all(dates);
     assert!(shapes.len() >= 20);
-    let frames: Vec<(String, chrono::NaiveDate)> = shapes
-        .iter()
-        .map(|s| {
-            let tz = if s.request.time_zone.is_empty() {
-                SITE_ZONE.to_string()
-            } else {
-                s.request.time_zone.clone()
-            };
-            let today = today_in(&tz);
-            (tz, today)
-        })
-        .collect();
+    let frames: Vec<(String, chrono::NaiveDate)> =
+        shapes.iter().map(|s| frame_of(&s.request.time_zone)).collect();
     let mut queries = Vec::new();
     for (shape, (tz, today)) in shapes.iter().zip(&frames) {
         let frame = Frame { tz, today: *today };
@@ -187,18 +182,8 @@ async fn reports_match_duckdb_over_a_million_generated_events() {
             .format("%Y-%m-%d")
             .to_string()
     });
-    let funnel_frames: Vec<(String, chrono::NaiveDate)> = funnels
-        .iter()
-        .map(|f| {
-            let tz = if f.request.time_zone.is_empty() {
-                SITE_ZONE.to_string()
-            } else {
-                f.request.time_zone.clone()
-            };
-            let today = today_in(&tz);
-            (tz, today)
-        })
-        .collect();
+    let funnel_frames: Vec<(String, chrono::NaiveDate)> =
+        funnels.iter().map(|f| frame_of(&f.request.time_zone)).collect();
     for (funnel, (tz, today)) in funnels.iter().zip(&funnel_frames) {
         let frame = Frame { tz, today: *today };
         queries.push((funnel.name.to_string(), funnel.sql(&frame)));
