@@ -12,7 +12,7 @@ use tally_server::realtime::SystemClock;
 use tally_server::realtime::redis::RedisRealtime;
 use tally_server::rollup::Rollups;
 use tally_server::storage::embedded::EmbeddedStore;
-use tally_server::storage::scylla::ScyllaStore;
+use tally_server::storage::scylla::{ScyllaOptions, ScyllaStore};
 
 // glibc malloc contends between threads under ingest load; mimalloc does not.
 #[global_allocator]
@@ -141,20 +141,24 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+async fn open_scale_out(options: &ScyllaOptions) -> anyhow::Result<ScyllaStore> {
+    ScyllaStore::connect(options).await.with_context(|| {
+        format!(
+            "open the scale-out store (keyspace {} on {}, redis {})",
+            options.keyspace,
+            options.nodes.join(","),
+            options.redis_url
+        )
+    })
+}
+
 async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let file = args.backend.config.clone();
     let config = Config::load(file.as_deref(), args.backend.overrides())?;
     let mut progress = |line: &str| eprintln!("rebuild: {line}");
     let started = std::time::Instant::now();
     let rebuilt = if let Some(options) = config.scylla_options() {
-        let store = ScyllaStore::connect(&options).await.with_context(|| {
-            format!(
-                "open the scale-out store (keyspace {} on {}, redis {})",
-                options.keyspace,
-                options.nodes.join(","),
-                options.redis_url
-            )
-        })?;
+        let store = open_scale_out(&options).await?;
         let realtime =
             RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
                 .await
@@ -209,14 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     if let Some(options) = config.scylla_options() {
-        let store = ScyllaStore::connect(&options).await.with_context(|| {
-            format!(
-                "open the scale-out store (keyspace {} on {}, redis {})",
-                options.keyspace,
-                options.nodes.join(","),
-                options.redis_url
-            )
-        })?;
+        let store = open_scale_out(&options).await?;
         tracing::info!(nodes = %options.nodes.join(","), keyspace = %options.keyspace, "scale-out store open");
         let realtime =
             RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
