@@ -496,23 +496,11 @@ async fn survive_fault(
 async fn derived_state_is_right(server: &TestServer, key: &str) {
     let again = fault_batch(0, now_micros());
     assert_eq!(track(server, key, again).await.duplicates, 20);
-    let today = |include_bots: bool| v1::RunReportRequest {
-        site_id: "s".into(),
-        metrics: vec![v1::Metric::Pageviews as i32, v1::Metric::Visitors as i32],
-        dimensions: vec![standard(v1::Dimension::Page)],
-        date_ranges: vec![v1::DateRange {
-            start_date: "today".into(),
-            end_date: "today".into(),
-            name: String::new(),
-        }],
-        include_bots,
-        ..Default::default()
-    };
     for (include_bots, source) in [
         (false, v1::DataSource::Rollups),
         (true, v1::DataSource::RawEvents),
     ] {
-        let answer = report(server, today(include_bots)).await;
+        let answer = report(server, pages_request("today", include_bots)).await;
         let metadata = answer.metadata.as_ref().unwrap();
         assert_eq!(metadata.data_source(), source);
         let total = &answer.totals[0].metric_values;
@@ -797,25 +785,26 @@ fn spread(
     events
 }
 
+/// Page views and visitors by page of site "s", from `start` to today.
+fn pages_request(start: &str, include_bots: bool) -> v1::RunReportRequest {
+    v1::RunReportRequest {
+        site_id: "s".into(),
+        metrics: vec![v1::Metric::Pageviews as i32, v1::Metric::Visitors as i32],
+        dimensions: vec![standard(v1::Dimension::Page)],
+        date_ranges: vec![v1::DateRange {
+            start_date: start.into(),
+            end_date: "today".into(),
+            name: String::new(),
+        }],
+        include_bots,
+        ..Default::default()
+    }
+}
+
 /// The top pages of the last 7 days (page, page views, visitors), and the
 /// source of the answer.
 async fn top_pages(server: &TestServer, include_bots: bool) -> (Vec<(String, i64, i64)>, v1::DataSource) {
-    let answer = report(
-        server,
-        v1::RunReportRequest {
-            site_id: "s".into(),
-            metrics: vec![v1::Metric::Pageviews as i32, v1::Metric::Visitors as i32],
-            dimensions: vec![standard(v1::Dimension::Page)],
-            date_ranges: vec![v1::DateRange {
-                start_date: "6daysAgo".into(),
-                end_date: "today".into(),
-                name: String::new(),
-            }],
-            include_bots,
-            ..Default::default()
-        },
-    )
-    .await;
+    let answer = report(server, pages_request("6daysAgo", include_bots)).await;
     let mut rows: Vec<(String, i64, i64)> = answer
         .rows
         .iter()

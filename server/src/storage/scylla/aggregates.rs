@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 
 use super::{BUCKET_MICROS, MAX_TTL_SECS, ScyllaStore, cql_error, redis_error};
 use crate::domain::SiteId;
@@ -124,23 +123,14 @@ fn token_to_cql(token: u64) -> i64 {
 #[async_trait]
 impl SharedRollupStore for ScyllaStore {
     async fn event_hours(&self, site: &SiteId, first: i64, last: i64) -> Result<Vec<i64>, StorageError> {
-        let mut hours = Vec::new();
-        let mut rows = self
-            .session
-            .execute_iter(
-                self.statements.select_buckets.clone(),
-                (site.as_str(), first, last),
-            )
-            .await
-            .map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?
-            .rows_stream::<(i64,)>()
-            .map_err(|err| StorageError::Corrupt(format!("event index: {err}")))?;
-        while let Some(row) = rows.next().await {
-            let (hour,) =
-                row.map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?;
-            hours.push(hour);
-        }
-        Ok(hours)
+        super::read_buckets(
+            &self.session,
+            &self.statements.select_buckets,
+            site.as_str(),
+            first,
+            last,
+        )
+        .await
     }
 
     async fn hour_tokens(&self, site: &SiteId, hours: &[i64]) -> Result<Vec<Option<u64>>, StorageError> {

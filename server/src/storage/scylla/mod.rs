@@ -827,23 +827,14 @@ impl EventStore for ScyllaStore {
         // was shortened since.
         let cut_bucket = before_micros.div_euclid(BUCKET_MICROS);
         let site_name = site.to_string();
-        let mut buckets = Vec::new();
-        let mut rows = self
-            .session
-            .execute_iter(
-                self.statements.select_buckets.clone(),
-                (&site_name, i64::MIN, cut_bucket - 1),
-            )
-            .await
-            .map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?
-            .rows_stream::<(i64,)>()
-            .map_err(|err| StorageError::Corrupt(format!("event index: {err}")))?;
-        while let Some(row) = rows.next().await {
-            buckets.push(
-                row.map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?
-                    .0,
-            );
-        }
+        let buckets = read_buckets(
+            &self.session,
+            &self.statements.select_buckets,
+            &site_name,
+            i64::MIN,
+            cut_bucket - 1,
+        )
+        .await?;
         let mut deleted = 0u64;
         for bucket in buckets {
             let mut chunks = self.scan(site, bucket * BUCKET_MICROS, (bucket + 1) * BUCKET_MICROS);
@@ -888,18 +879,14 @@ impl EventStore for ScyllaStore {
     }
 }
 
-/// Sends a site's events of `[from, to)` in chunks, partition by partition.
-async fn scan_into(
+/// The hours in `[first, last]` that hold events of `site`, from the index.
+async fn read_buckets(
     session: &Session,
     select_buckets: &PreparedStatement,
-    select_events: &PreparedStatement,
     site: &str,
-    from: i64,
-    to: i64,
-    tx: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
-) -> Result<(), StorageError> {
-    let first = from.div_euclid(BUCKET_MICROS);
-    let last = (to - 1).div_euclid(BUCKET_MICROS);
+    first: i64,
+    last: i64,
+) -> Result<Vec<i64>, StorageError> {
     let mut buckets = Vec::new();
     let mut rows = session
         .execute_iter(select_buckets.clone(), (site, first, last))
@@ -912,6 +899,22 @@ async fn scan_into(
             row.map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?;
         buckets.push(bucket);
     }
+    Ok(buckets)
+}
+
+/// Sends a site's events of `[from, to)` in chunks, partition by partition.
+async fn scan_into(
+    session: &Session,
+    select_buckets: &PreparedStatement,
+    select_events: &PreparedStatement,
+    site: &str,
+    from: i64,
+    to: i64,
+    tx: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
+) -> Result<(), StorageError> {
+    let first = from.div_euclid(BUCKET_MICROS);
+    let last = (to - 1).div_euclid(BUCKET_MICROS);
+    let buckets = read_buckets(session, select_buckets, site, first, last).await?;
     let mut chunk = Vec::with_capacity(SCAN_CHUNK);
     for bucket in buckets {
         let mut rows = session
