@@ -12,9 +12,11 @@
 //! source, visitor id), forms visits (Redis: one read and one compare-and-set
 //! script per batch), claims the event ids (one Redis script per batch),
 //! writes the events to Cassandra (unlogged batches of one partition, in
-//! parallel), marks the ids stored (one Redis pipeline), counts them for
-//! realtime and publishes them to the other instances (one `PUBLISH`), and
-//! answers. The raw case writes the rows that `tally` stored (read back from
+//! parallel), marks the ids stored and their hours changed for the shared
+//! rollups and report cache (one Redis pipeline), adds them to the realtime
+//! per-minute counters and HyperLogLogs and publishes them to the other
+//! instances (one Redis pipeline), and answers. The rollup worker runs as
+//! in production (it leaves the running hour alone). The raw case writes the rows that `tally` stored (read back from
 //! it) to a second keyspace with the same statement, batches and concurrency,
 //! and nothing else: the ceiling that Cassandra sets on this machine.
 

@@ -23,23 +23,28 @@ fn services() -> (String, String) {
     (get("TALLY_TEST_CQL"), get("TALLY_TEST_REDIS"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_cluster_and_one_redis() {
+/// The flags of the scale-out backend on the test services, with a keyspace
+/// and key prefix of its own.
+fn backend_args(keyspace: &str) -> Vec<OsString> {
     let (cql, redis) = services();
-    let keyspace = format!("e2e_{}", std::process::id());
-    let args: Vec<OsString> = [
+    [
         "--scylla",
         &cql,
         "--redis",
         &redis,
         "--scylla-keyspace",
-        &keyspace,
+        keyspace,
         "--redis-prefix",
         &format!("{keyspace}:"),
     ]
     .into_iter()
     .map(OsString::from)
-    .collect();
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_cluster_and_one_redis() {
+    let args = backend_args(&format!("e2e_{}", std::process::id()));
     // Both start at once on an empty keyspace.
     let (a, b) = tokio::join!(Tally::start_with_args(&args), Tally::start_with_args(&args));
     let key = site_with_ingest_key(a.channel().await, "shop").await;
@@ -103,21 +108,7 @@ fn ten_events(first: u128) -> Vec<v1::Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_recomputes_the_scale_out_state_and_can_run_again() {
-    let (cql, redis) = services();
-    let keyspace = format!("e2e_rebuild_{}", std::process::id());
-    let args: Vec<OsString> = [
-        "--scylla",
-        &cql,
-        "--redis",
-        &redis,
-        "--scylla-keyspace",
-        &keyspace,
-        "--redis-prefix",
-        &format!("{keyspace}:"),
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
+    let args = backend_args(&format!("e2e_rebuild_{}", std::process::id()));
     let tally = Tally::start_with_args(&args).await;
     let key = site_with_ingest_key(tally.channel().await, "shop").await;
     assert_eq!(track(&tally, &key, ten_events(0x5e00)).await.accepted, 10);

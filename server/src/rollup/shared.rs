@@ -27,7 +27,9 @@
 //! the next report. Each hour is counted exactly once, from one source, so
 //! nothing is counted twice or missed at the boundary between rolled-up and
 //! raw hours. A worker on every instance rolls up the hours that appends
-//! marked dirty, so that reports seldom wait for raw scans. Hour rollups are
+//! marked dirty once they are over (a minute after their end), so that
+//! reports seldom wait for raw scans of past hours; the running hour is
+//! scanned by the reports that cover it. Hour rollups are
 //! merged with the same cell and sketch code as the in-memory rollups, and
 //! answered by the same executor.
 //!
@@ -46,7 +48,7 @@ use futures::StreamExt;
 
 use super::sketch::{Sketch, put_varint, take_varint};
 use super::{Cell, DIMENSIONS, Day, HOUR_MICROS, SiteRollups, site_tz};
-use crate::domain::{SiteId, SiteRecord};
+use crate::domain::{SiteId, SiteRecord, now_micros};
 use crate::storage::{SharedRollupStore, StorageError, Store};
 
 /// Hour rollups kept in memory per instance before the memory starts over.
@@ -55,12 +57,18 @@ const MEMORY_HOURS: usize = 50_000;
 const CONCURRENCY: usize = 16;
 /// Dirty hours one pass of the worker rolls up per site.
 const WORKER_BATCH: usize = 256;
+/// How long after its end an hour is left to the writes still arriving
+/// before the worker rolls it up.
+const SETTLE_MICROS: i64 = 60_000_000;
+
+/// An hour rollup with the token it was computed at.
+type Remembered = (u64, Arc<SiteRollups>);
 
 /// The hour rollups this instance has read or computed, by site and hour,
 /// with their token.
 #[derive(Default)]
 pub struct SharedRollups {
-    memory: Mutex<HashMap<(String, i64), (u64, Arc<SiteRollups>)>>,
+    memory: Mutex<HashMap<(String, i64), Remembered>>,
 }
 
 /// What a rebuild or a worker pass did.
@@ -213,7 +221,13 @@ impl SharedRollups {
             let Ok(id) = SiteId::parse(&site.site_id) else {
                 continue;
             };
-            let hours = shared.take_dirty_hours(&id, WORKER_BATCH).await?;
+            let taken = shared.take_dirty_hours(&id, WORKER_BATCH).await?;
+            // An hour still being written is answered from raw events until
+            // it is over: rolling it up after every batch would scan it again
+            // and again.
+            let over_before = (now_micros() - SETTLE_MICROS).div_euclid(HOUR_MICROS);
+            let (hours, running): (Vec<i64>, Vec<i64>) = taken.into_iter().partition(|h| *h < over_before);
+            shared.mark_dirty(&id, &running).await?;
             for (i, hour) in hours.iter().enumerate() {
                 match self.refresh(store, shared, &site, *hour, false).await {
                     Ok(events) => {
