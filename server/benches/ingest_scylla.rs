@@ -333,10 +333,12 @@ fn main() {
         println!("tally / raw: {:.1}%", 100.0 * ours / direct);
         println!("requests resent after UNAVAILABLE: {resent}");
         for keyspace in [&tally_keyspace, &raw_keyspace] {
-            raw.session()
-                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-                .await
-                .unwrap();
+            // Schema changes wait for the node to settle: more than a write's timeout.
+            let mut drop = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+            drop.set_request_timeout(Some(std::time::Duration::from_secs(60)));
+            if let Err(error) = raw.session().query_unpaged(drop, ()).await {
+                eprintln!("keyspace {keyspace} not dropped: {error}");
+            }
         }
     });
 }

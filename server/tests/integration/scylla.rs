@@ -107,6 +107,20 @@ async fn track(server: &TestServer, key: &str, events: Vec<v1::Event>) -> v1::Tr
         .into_inner()
 }
 
+/// The realtime report of site "s" on `server`.
+async fn realtime_of(server: &TestServer, key: &str) -> v1::RealtimeReport {
+    let request = v1::RunRealtimeReportRequest {
+        site_id: "s".into(),
+        ..Default::default()
+    };
+    server
+        .query()
+        .run_realtime_report(authed(key, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Every stored event of site "s" in the last two hours, in time order.
 async fn export(server: &TestServer) -> Vec<v1::RecordedEvent> {
     let now = now_micros();
@@ -229,18 +243,7 @@ async fn a_watch_on_one_instance_sees_events_ingested_on_the_other() {
     assert_eq!(report.top_pages[0].value, "/from-b");
     assert_eq!(report.top_pages[0].pageviews, 3);
     // B's own view counts them once, not once more through the channel.
-    let own = b
-        .query()
-        .run_realtime_report(authed(
-            &query,
-            v1::RunRealtimeReportRequest {
-                site_id: "s".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let own = realtime_of(&b, &query).await;
     assert_eq!(own.top_pages[0].pageviews, 3);
     stop_all(a, b, &options).await;
 }
@@ -506,18 +509,7 @@ async fn derived_state_is_right(server: &TestServer, key: &str) {
         let total = &answer.totals[0].metric_values;
         assert_eq!((int(&total[0]), int(&total[1])), (600, 5), "{source:?}");
     }
-    let live = server
-        .query()
-        .run_realtime_report(authed(
-            ADMIN_KEY,
-            v1::RunRealtimeReportRequest {
-                site_id: "s".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let live = realtime_of(server, ADMIN_KEY).await;
     let pageviews: i64 = live.minutes.iter().map(|m| m.pageviews).sum();
     assert_eq!((pageviews, live.active_visitors), (600, 5));
 }
@@ -915,5 +907,80 @@ async fn rollups_count_every_event_once_when_two_instances_ingest() {
     assert!(rolled.hours > 0);
     let (rows, _) = top_pages(&a, false).await;
     assert_eq!(rows, expected_pages(&sent));
+    stop_all(a, b, &options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_counters_live_in_redis_and_every_instance_reads_them() {
+    let (a, b, ingest, query, options) = two_instances("counters").await;
+    let minute = 60_000_000i64;
+    let now = now_micros();
+    // 3 minutes ago .. now: minute m gets m + 4 page views of visitors m, m + 1, ..
+    let mut events = Vec::new();
+    let mut expected: std::collections::BTreeMap<i64, (i64, std::collections::HashSet<String>)> =
+        Default::default();
+    for m in 0..4i64 {
+        let at = now - m * minute;
+        for k in 0..(m + 4) {
+            let visitor = format!("c{}", m + k % 3);
+            events.push(pageview(
+                5_000 + (m * 10 + k) as u128,
+                at - k * 1_000_000,
+                "https://s.example/live",
+                &visitor,
+            ));
+            let entry = expected
+                .entry((at - k * 1_000_000).div_euclid(minute))
+                .or_default();
+            entry.0 += 1;
+            entry.1.insert(visitor);
+        }
+    }
+    // Split between the instances.
+    let half = events.len() / 2;
+    assert_eq!(
+        track(&a, &ingest, events[..half].to_vec()).await.accepted as usize,
+        half
+    );
+    assert_eq!(
+        track(&b, &ingest, events[half..].to_vec()).await.accepted as usize,
+        events.len() - half
+    );
+    // The counters in Redis, read directly.
+    let client = redis::Client::open(options.redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for (m, (pageviews, visitors)) in &expected {
+        let key = format!("{}rt:s:{m}", options.redis_prefix);
+        let stored: Option<i64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("pv")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(*pageviews), "minute {m}");
+        let distinct: i64 = redis::cmd("PFCOUNT")
+            .arg(format!("{key}:p"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(distinct, visitors.len() as i64, "minute {m}");
+    }
+    // Every instance reports them, per minute.
+    for server in [&a, &b] {
+        let live = realtime_of(server, &query).await;
+        let by_minute: std::collections::BTreeMap<i64, (i64, i64)> = live
+            .minutes
+            .iter()
+            .filter(|c| c.pageviews > 0)
+            .map(|c| (c.minute.as_ref().unwrap().seconds / 60, (c.pageviews, c.visitors)))
+            .collect();
+        let want: std::collections::BTreeMap<i64, (i64, i64)> = expected
+            .iter()
+            .map(|(m, (n, v))| (*m, (*n, v.len() as i64)))
+            .collect();
+        assert_eq!(by_minute, want);
+        let all: std::collections::HashSet<&String> = expected.values().flat_map(|(_, v)| v).collect();
+        assert_eq!(live.active_visitors, all.len() as i64);
+    }
     stop_all(a, b, &options).await;
 }
