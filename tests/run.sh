@@ -32,7 +32,13 @@ cargo build --release --locked -p tally-server --bin tally
 services_wait
 echo "== tests"
 status=0
-cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: a failing test binary does not hide the ones after it.
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+# Stops and restarts the one Cassandra during ingest: alone, once every
+# other test that uses it is done.
+echo "== fault test: Cassandra stopped and restarted during ingest"
+cargo test --locked -p tally-server --test integration -- --ignored --exact \
+  scylla::cassandra_stopped_and_restarted_during_ingest_loses_nothing 2>&1 | tee -a "$log" || status=$?
 # Only the cargo tests use them: free the cores and memory for the SDK suites.
 services_stop
 

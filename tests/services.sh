@@ -10,7 +10,9 @@
 #                    background: start-up overlaps with the build)
 #   services_wait    waits until both answer, then exports
 #                    TALLY_TEST_CQL=127.0.0.1:PORT and
-#                    TALLY_TEST_REDIS=redis://127.0.0.1:PORT/
+#                    TALLY_TEST_REDIS=redis://127.0.0.1:PORT/ and
+#                    TALLY_TEST_CASSANDRA_CTL (stops and restarts that
+#                    Cassandra in place, for the fault tests)
 #   services_stop    stops both and removes their data (call it from a trap)
 #
 # Run alone (`bash tests/services.sh`) it starts both, prints the exports and
@@ -184,10 +186,40 @@ EOF
     -Dcassandra.jmx.local.port="$(free_port)"
     -Dcassandra.triggers_dir="$dir/triggers"
   )
+  # The command goes in a control script, so that fault tests can stop this
+  # Cassandra (SIGTERM: it drains and syncs its commit log) and start it again
+  # on the same data and port: `cassandra-ctl stop`, `cassandra-ctl start`
+  # (returns once the CQL port is open). The pid file follows restarts.
+  {
+    echo '#!/usr/bin/env bash'
+    echo 'set -euo pipefail'
+    printf 'pidfile=%q\n' "$dir/cassandra.pid"
+    printf 'port=%q\n' "$cql_port"
+    echo 'alive() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }'
+    echo 'case "${1:-}" in'
+    echo '  stop)'
+    echo '    alive || exit 0'
+    echo '    pid="$(cat "$pidfile")"; kill "$pid"'
+    echo '    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.2; done'
+    echo '    kill -9 "$pid" 2>/dev/null || true ;;'
+    echo '  start)'
+    echo '    alive && exit 0'
+    printf '    setsid java %s -cp %q org.apache.cassandra.service.CassandraDaemon >>%q 2>&1 < /dev/null &\n' \
+      "$(printf '%q ' "${jvm[@]}")" "$dir/conf:$classpath" "$dir/logs/stdout.log"
+    echo '    echo $! >"$pidfile"'
+    echo '    for _ in $(seq 1 900); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && exit 0; alive || { echo "cassandra exited" >&2; exit 1; }; sleep 0.2; done'
+    echo '    echo "cassandra did not open port $port" >&2; exit 1 ;;'
+    echo '  pid) cat "$pidfile" ;;'
+    echo '  *) echo "usage: cassandra-ctl stop|start|pid" >&2; exit 2 ;;'
+    echo 'esac'
+  } >"$dir/cassandra-ctl"
+  chmod +x "$dir/cassandra-ctl"
   java "${jvm[@]}" -cp "$dir/conf:$classpath" org.apache.cassandra.service.CassandraDaemon \
     >"$dir/logs/stdout.log" 2>&1 &
   cassandra_pid=$!
+  echo "$cassandra_pid" >"$dir/cassandra.pid"
   TALLY_TEST_CQL="127.0.0.1:$cql_port"
+  TALLY_TEST_CASSANDRA_CTL="$dir/cassandra-ctl"
   cassandra_log="$dir/logs"
 }
 
@@ -221,11 +253,15 @@ services_wait() {
     sleep 0.5
   done
   echo "services: ready after $((SECONDS - services_started_at)) s: TALLY_TEST_CQL=$TALLY_TEST_CQL TALLY_TEST_REDIS=$TALLY_TEST_REDIS"
-  export TALLY_TEST_CQL TALLY_TEST_REDIS
+  export TALLY_TEST_CQL TALLY_TEST_REDIS TALLY_TEST_CASSANDRA_CTL
 }
 
 services_stop() {
-  # Only the processes this script started, by their ids.
+  # Only the processes this script started, by their ids (a fault test may
+  # have restarted Cassandra: its pid file has the current one).
+  if [ -n "$services_dir" ] && [ -s "$services_dir/cassandra/cassandra.pid" ]; then
+    cassandra_pid="$(cat "$services_dir/cassandra/cassandra.pid")"
+  fi
   for pid in $cassandra_pid $redis_pid; do
     kill "$pid" 2>/dev/null || true
   done
@@ -249,7 +285,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   trap 'exit 130' INT TERM
   services_start
   services_wait
-  echo "export TALLY_TEST_CQL=$TALLY_TEST_CQL TALLY_TEST_REDIS=$TALLY_TEST_REDIS"
+  echo "export TALLY_TEST_CQL=$TALLY_TEST_CQL TALLY_TEST_REDIS=$TALLY_TEST_REDIS TALLY_TEST_CASSANDRA_CTL=$TALLY_TEST_CASSANDRA_CTL"
   echo "services: running until Ctrl-C"
   wait
 fi

@@ -12,9 +12,11 @@
 //! source, visitor id), forms visits (Redis: one read and one compare-and-set
 //! script per batch), claims the event ids (one Redis script per batch),
 //! writes the events to Cassandra (unlogged batches of one partition, in
-//! parallel), marks the ids stored (one Redis pipeline), counts them for
-//! realtime and publishes them to the other instances (one `PUBLISH`), and
-//! answers. The raw case writes the rows that `tally` stored (read back from
+//! parallel), marks the ids stored and their hours changed for the shared
+//! rollups and report cache (one Redis pipeline), adds them to the realtime
+//! per-minute counters and HyperLogLogs and publishes them to the other
+//! instances (one Redis pipeline), and answers. The rollup worker runs as
+//! in production (it leaves the running hour alone). The raw case writes the rows that `tally` stored (read back from
 //! it) to a second keyspace with the same statement, batches and concurrency,
 //! and nothing else: the ceiling that Cassandra sets on this machine.
 
@@ -335,10 +337,12 @@ fn main() {
         figures::record("scylla.raw_eps", direct);
         println!("requests resent after UNAVAILABLE: {resent}");
         for keyspace in [&tally_keyspace, &raw_keyspace] {
-            raw.session()
-                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-                .await
-                .unwrap();
+            // Schema changes wait for the node to settle: more than a write's timeout.
+            let mut drop = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+            drop.set_request_timeout(Some(std::time::Duration::from_secs(60)));
+            if let Err(error) = raw.session().query_unpaged(drop, ()).await {
+                eprintln!("keyspace {keyspace} not dropped: {error}");
+            }
         }
     });
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod query;
 pub mod realtime;
+pub mod rebuild;
 pub mod rollup;
 pub mod salts;
 pub mod script;

@@ -1,5 +1,6 @@
 //! The `tally` command: `tally serve` runs the server; `tally generate` sends
-//! it a synthetic data set.
+//! it a synthetic data set; `tally rebuild` recomputes counters and rollups
+//! from the raw events.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use clap::{Parser, Subcommand};
 use tally_server::config::{Config, LogFormat, Overrides};
 use tally_server::realtime::SystemClock;
 use tally_server::realtime::redis::RedisRealtime;
+use tally_server::rollup::Rollups;
 use tally_server::storage::embedded::EmbeddedStore;
-use tally_server::storage::scylla::ScyllaStore;
+use tally_server::storage::scylla::{ScyllaOptions, ScyllaStore};
 
 // glibc malloc contends between threads under ingest load; mimalloc does not.
 #[global_allocator]
@@ -31,25 +33,60 @@ enum Command {
     /// Sends a realistic synthetic data set, the same for the same seed, to a
     /// running server (or writes it as JSON lines).
     Generate(tally_server::generate::GenerateArgs),
+    /// Recomputes from the raw events what the backend derives from them:
+    /// on ScyllaDB + Redis the hour rollups, the remembered event ids, the
+    /// realtime counters and the report cache (after Redis lost its data);
+    /// on the embedded store it reads every event as a start does. Safe to
+    /// re-run; progress goes to stderr.
+    Rebuild(RebuildArgs),
 }
 
+/// Where the data lives (shared by `serve` and `rebuild`).
 #[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:7750].
-    #[arg(long, env = "TALLY_LISTEN")]
-    listen: Option<String>,
+struct BackendArgs {
     /// Directory of the embedded store [default: ./tally-data].
     #[arg(long, env = "TALLY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Operator key (at least 16 characters) for AdminService and every site.
-    #[arg(long, env = "TALLY_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
     /// Optional TOML configuration file; flags and environment win over it.
     #[arg(long, env = "TALLY_CONFIG")]
     config: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Scale-out backend: ScyllaDB (or Cassandra) contact points, HOST:PORT
+    /// separated by ',' (needs --redis too) [default: the embedded store].
+    #[arg(long, env = "TALLY_SCYLLA", value_delimiter = ',')]
+    scylla: Vec<String>,
+    /// Keyspace of the scale-out backend, created if missing [default: tally].
+    #[arg(long, env = "TALLY_SCYLLA_KEYSPACE")]
+    scylla_keyspace: Option<String>,
+    /// Redis of the scale-out backend, e.g. redis://127.0.0.1:6379/ (needs --scylla too).
+    #[arg(long, env = "TALLY_REDIS")]
+    redis: Option<String>,
+    /// Prefix of the Redis keys and channels of this deployment [default: tally:].
+    #[arg(long, env = "TALLY_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RebuildArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Only this site (repeat the flag for several) [default: every site].
+    #[arg(long)]
+    site: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Address to listen on [default: 127.0.0.1:7750].
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<String>,
+    /// Operator key (at least 16 characters) for AdminService and every site.
+    #[arg(long, env = "TALLY_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// MaxMind-format geo-IP databases (.mmdb: GeoLite2, DB-IP lite) for
     /// country, region and city; repeat the flag or separate paths with ','
     /// (e.g. an IPv4 and an IPv6 file), tried in order [default: none, geo
@@ -64,19 +101,20 @@ struct ServeArgs {
     /// and store call, e.g. http://127.0.0.1:4317 [default: no export].
     #[arg(long, env = "TALLY_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// Scale-out backend: ScyllaDB (or Cassandra) contact points, HOST:PORT
-    /// separated by ',' (needs --redis too) [default: the embedded store].
-    #[arg(long, env = "TALLY_SCYLLA", value_delimiter = ',')]
-    scylla: Vec<String>,
-    /// Keyspace of the scale-out backend, created if missing [default: tally].
-    #[arg(long, env = "TALLY_SCYLLA_KEYSPACE")]
-    scylla_keyspace: Option<String>,
-    /// Redis of the scale-out backend, e.g. redis://127.0.0.1:6379/ (needs --scylla too).
-    #[arg(long, env = "TALLY_REDIS")]
-    redis: Option<String>,
-    /// Prefix of the Redis keys and channels of this deployment [default: tally:].
-    #[arg(long, env = "TALLY_REDIS_PREFIX")]
-    redis_prefix: Option<String>,
+}
+
+impl BackendArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir,
+            log_format: self.log_format,
+            scylla: self.scylla,
+            scylla_keyspace: self.scylla_keyspace,
+            redis: self.redis,
+            redis_prefix: self.redis_prefix,
+            ..Overrides::default()
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -99,24 +137,74 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Generate(args) => tally_server::generate::run(args).await,
+        Command::Rebuild(args) => rebuild(args).await,
     }
 }
 
+async fn open_scale_out(options: &ScyllaOptions) -> anyhow::Result<ScyllaStore> {
+    ScyllaStore::connect(options).await.with_context(|| {
+        format!(
+            "open the scale-out store (keyspace {} on {}, redis {})",
+            options.keyspace,
+            options.nodes.join(","),
+            options.redis_url
+        )
+    })
+}
+
+async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    let file = args.backend.config.clone();
+    let config = Config::load(file.as_deref(), args.backend.overrides())?;
+    let mut progress = |line: &str| eprintln!("rebuild: {line}");
+    let started = std::time::Instant::now();
+    let rebuilt = if let Some(options) = config.scylla_options() {
+        let store = open_scale_out(&options).await?;
+        let realtime =
+            RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))
+                .await
+                .context("connect to redis")?;
+        let sites = tally_server::rebuild::sites(&store, &args.site)
+            .await
+            .context("list the sites")?;
+        let rollups = Rollups::new(false);
+        tally_server::rebuild::rebuild_shared(&store, &realtime, &rollups, &sites, &mut progress)
+            .await
+            .context("rebuild the scale-out store's counters and rollups")?
+    } else {
+        let store =
+            EmbeddedStore::open_with(&config.data_dir, &config.embedded_options()).with_context(|| {
+                format!(
+                    "open data directory {} (is a server using it? stop it first)",
+                    config.data_dir.display()
+                )
+            })?;
+        let sites = tally_server::rebuild::sites(&store, &args.site)
+            .await
+            .context("list the sites")?;
+        tally_server::rebuild::rebuild_embedded(&store, &sites, &mut progress)
+            .await
+            .context("read the embedded store's events")?
+    };
+    let events: u64 = rebuilt.iter().map(|r| r.events).sum();
+    eprintln!(
+        "rebuild: done: {} sites, {events} events, {:.1} s",
+        rebuilt.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = args.backend.config.clone();
     let overrides = Overrides {
         listen: args.listen,
-        data_dir: args.data_dir,
         admin_key: args.admin_key,
-        log_format: args.log_format,
         geoip_db: args.geoip_db,
         client_ip_header: args.client_ip_header,
         otlp_endpoint: args.otlp_endpoint,
-        scylla: args.scylla,
-        scylla_keyspace: args.scylla_keyspace,
-        redis: args.redis,
-        redis_prefix: args.redis_prefix,
+        ..args.backend.overrides()
     };
-    let config = Config::load(args.config.as_deref(), overrides)?;
+    let config = Config::load(file.as_deref(), overrides)?;
     let _telemetry = tally_server::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     if config.admin_key.is_none() {
         tracing::warn!("no operator key: set --admin-key or TALLY_ADMIN_KEY to create sites and keys");
@@ -125,14 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     if let Some(options) = config.scylla_options() {
-        let store = ScyllaStore::connect(&options).await.with_context(|| {
-            format!(
-                "open the scale-out store (keyspace {} on {}, redis {})",
-                options.keyspace,
-                options.nodes.join(","),
-                options.redis_url
-            )
-        })?;
+        let store = open_scale_out(&options).await?;
         tracing::info!(nodes = %options.nodes.join(","), keyspace = %options.keyspace, "scale-out store open");
         let realtime =
             RedisRealtime::connect(&options.redis_url, &options.redis_prefix, Arc::new(SystemClock))

@@ -64,7 +64,8 @@ pub async fn build_core_with(
         config.limits.max_batch_events,
     ));
     // One instance's memory cannot keep the rollups of a store that several
-    // instances write: reports over a shared store scan raw events.
+    // instances write: a shared store keeps hour rollups of its own (see
+    // `rollup::shared`), which a worker on every instance keeps up to date.
     let rollups = Arc::new(Rollups::new(!store.shared()));
     let started = std::time::Instant::now();
     rollups.rebuild(store.as_ref()).await?;
@@ -80,8 +81,10 @@ pub async fn build_core_with(
         ),
         query: Query::new(store.clone(), rollups.clone(), limits.clone()),
         realtime,
-        admin: Admin::new(store, rollups),
+        admin: Admin::new(store.clone(), rollups.clone()),
         limits,
+        rollups,
+        store,
     }))
 }
 
@@ -222,14 +225,43 @@ pub async fn run_with(
             }
         }
     });
+    let roller = core_for_flush
+        .store
+        .shared_rollups()
+        .is_some()
+        .then(|| tokio::spawn(roll_up_dirty_hours(core_for_flush.clone())));
     tokio::select! {
         served = serve => served?,
         () = grace_over => tracing::warn!("grace period over: closing the remaining connections"),
     }
     flusher.abort();
+    if let Some(roller) = roller {
+        roller.abort();
+    }
     if let Err(err) = core_for_flush.auth.flush_last_used().await {
         tracing::warn!(error = %err, "writing key uses failed");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often an instance of a shared store rolls up the hours that appends
+/// marked dirty.
+pub const ROLL_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Rolls up dirty hours of a shared store every [`ROLL_UP_INTERVAL`], on
+/// every instance (see [`crate::rollup::shared`]), until aborted.
+async fn roll_up_dirty_hours(core: Arc<crate::grpc::Core>) {
+    let mut every = tokio::time::interval(ROLL_UP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match core.rollups.shared().settle(core.store.as_ref()).await {
+            Ok(done) if done.hours > 0 => {
+                tracing::debug!(hours = done.hours, events = done.events, "hours rolled up");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "rolling up dirty hours failed; will retry"),
+        }
+    }
 }

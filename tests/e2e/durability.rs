@@ -9,12 +9,17 @@ use tally_proto::v1;
 
 use crate::process::*;
 
-/// Four writers' batches of 100: writer w's batch b.
-fn batch(writer: u128, batch: u128) -> Vec<v1::Event> {
+/// Four writers' batches of 100: writer w's batch b, the same events each
+/// time it is built (a resend carries the events as first sent, timestamps
+/// included, as the SDKs' queues do).
+fn batch(start: &prost_types::Timestamp, writer: u128, batch: u128) -> Vec<v1::Event> {
     (0..100u128)
         .map(|i| v1::Event {
             event_id: uuid::Uuid::from_u128((writer << 64) | (batch * 100 + i + 1)).to_string(),
-            timestamp: Some(now_timestamp()),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: start.seconds,
+                nanos: ((batch * 100 + i) % 1_000_000) as i32 * 1_000,
+            }),
             r#type: v1::EventType::Pageview as i32,
             url: "https://s.example/".into(),
             anonymous_id: format!("w{writer}"),
@@ -31,6 +36,7 @@ where
 {
     let mut tally = start().await;
     let key = site_with_ingest_key(tally.channel().await, "s").await;
+    let start_time = now_timestamp();
 
     // Four writers send batches of 100 until 20,000 events are acknowledged;
     // the process is killed while they are still sending.
@@ -46,10 +52,11 @@ where
             key.clone(),
             enough_tx.clone(),
         );
+        let start_time = start_time.clone();
         writers.push(tokio::spawn(async move {
             let mut client = v1::ingest_service_client::IngestServiceClient::new(channel);
             for b in 0u128.. {
-                let events = batch(writer, b);
+                let events = batch(&start_time, writer, b);
                 let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
                 sent_batches.lock().unwrap().push((writer, b));
                 let request = authed(
@@ -112,7 +119,7 @@ where
     let mut accepted_again = 0;
     let mut all_ids = HashSet::new();
     for (writer, b) in &sent {
-        let events = batch(*writer, *b);
+        let events = batch(&start_time, *writer, *b);
         all_ids.extend(events.iter().map(|e| e.event_id.clone()));
         // On the scale-out backend a batch the kill caught mid-write is still
         // claimed for a while: UNAVAILABLE with RetryInfo, retried as the SDKs do.
@@ -170,7 +177,6 @@ async fn acknowledged_events_survive_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_on_the_scale_out_backend() {
-    let (cql, redis) = crate::scale_out::services();
-    let args = crate::scale_out::args(&cql, &redis, &format!("e2e_kill_{}", std::process::id()));
+    let args = crate::scale_out::args(&format!("e2e_kill_{}", std::process::id()));
     kill_9_during_ingest(|| Tally::start_with_args(&args)).await;
 }

@@ -39,6 +39,10 @@ pub struct Core {
     pub admin: Admin,
     /// Rate limits and scan slots.
     pub limits: Arc<crate::limits::Limits>,
+    /// The rollups that ingest keeps and reports read.
+    pub rollups: Arc<crate::rollup::Rollups>,
+    /// The store.
+    pub store: Arc<dyn crate::storage::Store>,
 }
 
 /// Shared handle to the core.

@@ -5,8 +5,14 @@
 //! tomorrow is a different question. Answers over ranges that are still
 //! running (they include today) live [`LIVE_TTL`]; answers about the past
 //! live [`PAST_TTL`]. The key also holds the site's write generation, so an
-//! answer is never served once events it should count were stored on this
-//! instance; the TTLs bound staleness from writes on other instances.
+//! answer is never served once events it should count were stored.
+//!
+//! On the embedded store the answers and generations live in this process.
+//! On a store shared by several instances both live in Redis (see
+//! [`SharedCache`]): every append on any instance bumps the site's
+//! generations before it is acknowledged, so an answer cached by one
+//! instance is never served after an event it should count was
+//! acknowledged by another; the TTLs only bound memory.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,7 @@ use tally_proto::v1;
 
 use super::plan::Plan;
 use crate::domain::SiteRecord;
+use crate::storage::SharedCache;
 
 /// How long an answer over a range that includes now is served.
 pub const LIVE_TTL: Duration = Duration::from_secs(10);
@@ -99,6 +106,53 @@ impl ReportCache {
                 ttl,
             },
         );
+    }
+
+    /// A fresh cached answer and its age: from `shared` (the cache of every
+    /// instance of a shared store) when given, else from this process.
+    pub async fn get_from(
+        &self,
+        shared: Option<&dyn SharedCache>,
+        key: &[u8; 32],
+        now_micros: i64,
+    ) -> Option<(v1::RunReportResponse, Duration)> {
+        let Some(shared) = shared else {
+            return self.get(key);
+        };
+        let raw = match shared.cached(key).await {
+            Ok(raw) => raw?,
+            Err(error) => {
+                tracing::warn!(%error, "shared report cache unreadable");
+                return None;
+            }
+        };
+        let (stored, body) = raw.split_at_checked(8)?;
+        let stored = i64::from_le_bytes(stored.try_into().ok()?);
+        let response = v1::RunReportResponse::decode(body).ok()?;
+        let age = Duration::from_micros(now_micros.saturating_sub(stored).max(0) as u64);
+        Some((response, age))
+    }
+
+    /// Stores an answer (see [`ReportCache::get_from`]); `live` when a range
+    /// includes now. A shared cache that fails is only logged.
+    pub async fn put_to(
+        &self,
+        shared: Option<&dyn SharedCache>,
+        key: [u8; 32],
+        response: v1::RunReportResponse,
+        live: bool,
+        now_micros: i64,
+    ) {
+        let Some(shared) = shared else {
+            self.put(key, response, live);
+            return;
+        };
+        let ttl = if live { LIVE_TTL } else { PAST_TTL };
+        let mut value = now_micros.to_le_bytes().to_vec();
+        response.encode(&mut value).expect("a Vec grows");
+        if let Err(error) = shared.cache(&key, &value, ttl).await {
+            tracing::warn!(%error, "report not cached");
+        }
     }
 
     /// Forgets every answer (after data was erased, for one).

@@ -51,10 +51,24 @@ pub async fn run_report(
 ) -> Result<v1::RunReportResponse> {
     let started = Instant::now();
     let plan = plan::plan(site, req, now_micros)?;
-    let generations = rollups.generations(&site.site_id);
-    let key = ReportCache::key(site, req, &plan, generations, now_micros);
+    let site_id = SiteId::parse(&site.site_id)?;
+    let shared_cache = store.shared_cache();
+    // Without the generations (Redis away), answers are neither read from
+    // nor put in the cache.
+    let generations = match shared_cache {
+        None => Some(rollups.generations(&site.site_id)),
+        Some(shared) => match shared.generations(&site_id).await {
+            Ok(generations) => Some(generations),
+            Err(error) => {
+                tracing::warn!(site = %site_id, %error, "report cache skipped");
+                None
+            }
+        },
+    };
+    let key = generations.map(|g| ReportCache::key(site, req, &plan, g, now_micros));
     if !req.skip_cache
-        && let Some((mut cached, age)) = cache.get(&key)
+        && let Some(key) = &key
+        && let Some((mut cached, age)) = cache.get_from(shared_cache, key, now_micros).await
     {
         let metadata = cached.metadata.get_or_insert_default();
         metadata.cache_hit = true;
@@ -63,8 +77,7 @@ pub async fn run_report(
         metrics().reports.add("cache", 1);
         return Ok(cached);
     }
-    let site_id = SiteId::parse(&site.site_id)?;
-    let computed = match rollup_exec::run(rollups, &site_id, &plan) {
+    let computed = match from_rollups(store, rollups, limits, site, &site_id, &plan).await? {
         Some(computed) => {
             metrics().reports.add("rollups", 1);
             metrics().report_rollups.since(started);
@@ -80,8 +93,49 @@ pub async fn run_report(
     };
     let response = assemble(&plan, computed, started);
     let live = plan.all_ranges().any(|r| r.end_micros > now_micros);
-    cache.put(key, response.clone(), live);
+    if let Some(key) = key {
+        cache
+            .put_to(shared_cache, key, response.clone(), live, now_micros)
+            .await;
+    }
     Ok(response)
+}
+
+/// The answer from rollups, when they cover the plan: this instance's, or
+/// on a shared store the hour rollups of every instance (see
+/// [`crate::rollup::shared`]). A shared store that cannot give them (Redis
+/// away) leaves the report to the raw events.
+async fn from_rollups(
+    store: &dyn Store,
+    rollups: &Rollups,
+    limits: &Limits,
+    site: &SiteRecord,
+    site_id: &SiteId,
+    plan: &Plan,
+) -> Result<Option<Computed>> {
+    let Some(shared) = store.shared_rollups() else {
+        return Ok(rollup_exec::run(rollups, site_id, plan));
+    };
+    if !rollup_exec::covers(plan, crate::rollup::site_tz(site)) {
+        return Ok(None);
+    }
+    let spans: Vec<(i64, i64)> = plan
+        .all_ranges()
+        .map(|r| (r.start_micros, r.end_micros))
+        .collect();
+    // Hours not rolled up yet are scanned: as bounded as a raw scan.
+    let _slot = limits.scan_slot().await?;
+    let loaded = super::bounded(limits.query_timeout, async {
+        Ok(rollups.shared().load(store, shared, site, &spans).await)
+    })
+    .await?;
+    match loaded {
+        Ok(site_rollups) => Ok(rollup_exec::run_on(&site_rollups, plan)),
+        Err(error) => {
+            tracing::warn!(site = %site_id, %error, "shared rollups unavailable; scanning raw events");
+            Ok(None)
+        }
+    }
 }
 
 fn assemble(plan: &Plan, computed: Computed, started: Instant) -> v1::RunReportResponse {

@@ -95,7 +95,12 @@ enum Cover {
     Days { dim: usize, position: Option<usize> },
 }
 
-fn cover(plan: &Plan, rollups: &SiteRollups) -> Option<Cover> {
+/// True when rollups in the time zone `tz` cover the plan.
+pub fn covers(plan: &Plan, tz: Tz) -> bool {
+    cover(plan, tz).is_some()
+}
+
+fn cover(plan: &Plan, tz: Tz) -> Option<Cover> {
     let supported = |m: &Metric| {
         matches!(
             m,
@@ -136,7 +141,7 @@ fn cover(plan: &Plan, rollups: &SiteRollups) -> Option<Cover> {
         (Some((g, _)), _) => g,
         (None, Some(f)) => f,
     };
-    if hour || plan.tz != rollups.tz {
+    if hour || plan.tz != tz {
         return None;
     }
     Some(Cover::Days {
@@ -241,8 +246,9 @@ pub fn run(rollups: &Rollups, site: &SiteId, plan: &Plan) -> Option<Computed> {
     rollups.read(site.as_str(), |r| run_on(r, plan)).flatten()
 }
 
-fn run_on(rollups: &SiteRollups, plan: &Plan) -> Option<Computed> {
-    let cover = cover(plan, rollups)?;
+/// Answers the plan from `rollups`, or `None` when they do not cover it.
+pub fn run_on(rollups: &SiteRollups, plan: &Plan) -> Option<Computed> {
+    let cover = cover(plan, rollups.tz)?;
     let ranges: Vec<&ResolvedRange> = plan.all_ranges().collect();
     let groups: Vec<_> = ranges.iter().map(|r| group(plan, rollups, &cover, r)).collect();
     let current = plan.ranges.len();

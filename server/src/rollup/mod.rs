@@ -18,6 +18,7 @@
 //! Every applied batch also bumps the site's write generation, which the
 //! report cache uses to drop answers that new events made stale.
 
+pub mod shared;
 pub mod sketch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,7 +56,8 @@ pub const DIMENSIONS: [D; 16] = [
     D::EventName,
 ];
 
-const HOUR_MICROS: i64 = 3_600_000_000;
+/// Microseconds in an hour bucket.
+pub const HOUR_MICROS: i64 = 3_600_000_000;
 
 /// Aggregates of one bucket.
 #[derive(Clone, Debug, Default)]
@@ -89,6 +91,20 @@ impl Cell {
                 None => self.revenue.push((code, nanos)),
             }
         }
+    }
+
+    /// Adds the counts, sums and sketches of `other`.
+    pub fn merge(&mut self, other: &Cell) {
+        self.pageviews += other.pageviews;
+        self.events += other.events;
+        for (code, nanos) in &other.revenue {
+            match self.revenue.iter_mut().find(|(c, _)| c == code) {
+                Some((_, sum)) => *sum += nanos,
+                None => self.revenue.push((*code, *nanos)),
+            }
+        }
+        self.visitors.merge(&other.visitors);
+        self.visits.merge(&other.visits);
     }
 
     /// Revenue in `currency`, nano units.
@@ -127,7 +143,8 @@ pub struct SiteRollups {
 }
 
 impl SiteRollups {
-    fn new(tz: Tz) -> Self {
+    /// Empty rollups with day buckets in `tz`.
+    pub fn new(tz: Tz) -> Self {
         Self {
             tz,
             hours: BTreeMap::new(),
@@ -136,7 +153,8 @@ impl SiteRollups {
         }
     }
 
-    fn apply(&mut self, e: &StoredEvent) {
+    /// Adds one stored event.
+    pub fn apply(&mut self, e: &StoredEvent) {
         note_property_kinds(&mut self.properties, e);
         if !counts_in_reports(e, false) {
             return;
@@ -160,6 +178,33 @@ impl SiteRollups {
                 Some(cell) => cell.add(e),
                 None => cells.entry(value.into()).or_default().add(e),
             }
+        }
+    }
+
+    /// Adds the cells of `other` (rollups of other events, in the same
+    /// time zone): the rollups of both sets of events together.
+    pub fn merge(&mut self, other: &SiteRollups) {
+        for (hour, cell) in &other.hours {
+            self.hours.entry(*hour).or_default().merge(cell);
+        }
+        for (date, day) in &other.days {
+            let mine = self.days.entry(*date).or_default();
+            if mine.dims.is_empty() {
+                mine.dims = DIMENSIONS.iter().map(|_| HashMap::new()).collect();
+            }
+            for (cells, theirs) in mine.dims.iter_mut().zip(&day.dims) {
+                for (value, cell) in theirs {
+                    match cells.get_mut(value) {
+                        Some(known) => known.merge(cell),
+                        None => {
+                            cells.insert(value.clone(), cell.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (key, bits) in &other.properties {
+            *self.properties.entry(key.clone()).or_default() |= bits;
         }
     }
 
@@ -222,6 +267,7 @@ pub const LATE_MICROS: i64 = 2 * 24 * HOUR_MICROS;
 pub struct Rollups {
     enabled: bool,
     sites: RwLock<HashMap<String, Arc<Entry>>>,
+    shared: shared::SharedRollups,
 }
 
 impl Rollups {
@@ -232,7 +278,13 @@ impl Rollups {
         Self {
             enabled,
             sites: RwLock::new(HashMap::new()),
+            shared: shared::SharedRollups::default(),
         }
+    }
+
+    /// The hour rollups of a shared store (see [`shared`]).
+    pub fn shared(&self) -> &shared::SharedRollups {
+        &self.shared
     }
 
     /// True when the rollups answer reports (and so need the stored events).
@@ -413,6 +465,7 @@ impl Rollups {
     }
 }
 
-fn site_tz(site: &SiteRecord) -> Tz {
+/// The time zone of a site's day buckets (UTC when the name is unknown).
+pub fn site_tz(site: &SiteRecord) -> Tz {
     Tz::from_str(&site.time_zone).unwrap_or(Tz::UTC)
 }

@@ -72,6 +72,73 @@ impl Sketch {
         }
     }
 
+    /// Adds every id of `other` (a union, as [`Union`] does, but keeping
+    /// the result a sketch): exact while the union has at most
+    /// [`SPARSE_MAX`] ids.
+    pub fn merge(&mut self, other: &Sketch) {
+        match (&mut *self, other) {
+            (_, Self::Sparse(ids)) => ids.iter().for_each(|id| self.insert(*id)),
+            (Self::Dense(mine), Self::Dense(theirs)) => {
+                for (r, o) in mine.iter_mut().zip(theirs.iter()) {
+                    *r = (*r).max(*o);
+                }
+            }
+            (Self::Sparse(ids), Self::Dense(theirs)) => {
+                let mut registers = theirs.clone();
+                ids.iter().for_each(|id| observe(&mut registers, *id));
+                *self = Self::Dense(registers);
+            }
+        }
+    }
+
+    /// Appends the sketch to `out`: a tag, then the sorted ids as varint
+    /// deltas, or the registers.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Sparse(ids) => {
+                out.push(0);
+                put_varint(out, ids.len() as u64);
+                let mut previous = 0u64;
+                for id in ids {
+                    put_varint(out, id.wrapping_sub(previous));
+                    previous = *id;
+                }
+            }
+            Self::Dense(registers) => {
+                out.push(1);
+                out.extend_from_slice(registers.as_slice());
+            }
+        }
+    }
+
+    /// Reads a sketch written by [`Sketch::encode`] from the front of `input`.
+    pub fn decode(input: &mut &[u8]) -> Option<Self> {
+        let (&tag, rest) = input.split_first()?;
+        *input = rest;
+        match tag {
+            0 => {
+                let len = usize::try_from(take_varint(input)?).ok()?;
+                if len > SPARSE_MAX {
+                    return None;
+                }
+                let mut ids = Vec::with_capacity(len);
+                let mut previous = 0u64;
+                for _ in 0..len {
+                    previous = previous.wrapping_add(take_varint(input)?);
+                    ids.push(previous);
+                }
+                ids.windows(2).all(|w| w[0] < w[1]).then_some(Self::Sparse(ids))
+            }
+            1 => {
+                let (registers, rest) = input.split_at_checked(M)?;
+                *input = rest;
+                let registers: Box<[u8; M]> = registers.to_vec().into_boxed_slice().try_into().ok()?;
+                Some(Self::Dense(registers))
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes on the heap.
     pub fn heap_bytes(&self) -> usize {
         match self {
@@ -79,6 +146,29 @@ impl Sketch {
             Self::Dense(_) => M,
         }
     }
+}
+
+/// Appends `value` as a LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads a LEB128 varint from the front of `input`.
+pub fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The union of several sketches.
@@ -216,6 +306,49 @@ mod tests {
                 "n {n}: estimate {count}, error {error}"
             );
         }
+    }
+
+    #[test]
+    fn merged_sketches_count_like_a_union_and_survive_encoding() {
+        // Exact + exact staying small, exact + exact turning dense, dense + exact.
+        for (a, b) in [
+            (0..100u64, 50..150u64),
+            (0..200, 150..400),
+            (0..5_000, 4_000..4_100),
+        ] {
+            let (mut left, mut right) = (Sketch::default(), Sketch::default());
+            a.clone().for_each(|id| left.insert(id));
+            b.clone().for_each(|id| right.insert(id));
+            let mut union = Union::default();
+            union.add(&left);
+            union.add(&right);
+            left.merge(&right);
+            let mut bytes = Vec::new();
+            left.encode(&mut bytes);
+            let mut input = bytes.as_slice();
+            let decoded = Sketch::decode(&mut input).unwrap();
+            assert!(input.is_empty());
+            let mut merged = Union::default();
+            merged.add(&decoded);
+            let truth = a.chain(b).collect::<HashSet<_>>().len() as u64;
+            if truth <= SPARSE_MAX as u64 {
+                assert_eq!((merged.count(), merged.is_exact()), (truth, true));
+            } else {
+                let error = (merged.count() as f64 - truth as f64).abs() / truth as f64;
+                assert!(error < 4.0 * STANDARD_ERROR, "truth {truth}: {}", merged.count());
+                // Registers merged as the union merged them.
+                assert!(
+                    union.count().abs_diff(merged.count()) <= truth / 50,
+                    "{} {}",
+                    union.count(),
+                    merged.count()
+                );
+            }
+        }
+        assert!(
+            Sketch::decode(&mut [0u8, 2, 5, 0].as_slice()).is_none(),
+            "ids must increase"
+        );
     }
 
     #[test]

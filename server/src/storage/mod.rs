@@ -78,6 +78,17 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
+    /// Rollups kept in the store for every instance, on a shared store.
+    fn shared_rollups(&self) -> Option<&dyn SharedRollupStore> {
+        None
+    }
+
+    /// Write generations and the report cache kept for every instance, on a
+    /// shared store.
+    fn shared_cache(&self) -> Option<&dyn SharedCache> {
+        None
+    }
+
     /// Deletes a person's events of a site, durably (GDPR erasure); returns
     /// how many. Their event ids stay known as duplicates, so a client that
     /// still retries one does not bring it back.
@@ -87,6 +98,50 @@ pub trait EventStore: Send + Sync + 'static {
     /// (retention); returns how many, when the backend counts them (a
     /// backend that expires rows by itself may return 0).
     async fn expire(&self, site: &SiteId, before_micros: i64) -> Result<u64, StorageError>;
+}
+
+/// Rollups materialized per (site, UTC hour) on a store that several
+/// instances share (see [`crate::rollup::shared`]). Every append marks the
+/// hours of its new events before it returns: each gets a fresh random
+/// token (the hour changed) and joins the site's dirty set.
+#[async_trait]
+pub trait SharedRollupStore: Send + Sync {
+    /// The hours (since the epoch) in `[first, last]` that hold events of the site.
+    async fn event_hours(&self, site: &SiteId, first: i64, last: i64) -> Result<Vec<i64>, StorageError>;
+    /// The current token of each hour; `None` when the hour has none (no
+    /// event since the tokens were lost, or never).
+    async fn hour_tokens(&self, site: &SiteId, hours: &[i64]) -> Result<Vec<Option<u64>>, StorageError>;
+    /// The hour's token; a fresh one is set first when it has none, or
+    /// when `renew` (which makes every stored rollup of the hour stale).
+    async fn hour_token(&self, site: &SiteId, hour: i64, renew: bool) -> Result<u64, StorageError>;
+    /// The stored rollup of an hour: the token it was computed at, and its encoding.
+    async fn hour_rollup(&self, site: &SiteId, hour: i64) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
+    /// Stores the rollup of an hour, computed from its events after its token was `token`.
+    async fn put_hour_rollup(
+        &self,
+        site: &SiteId,
+        hour: i64,
+        token: u64,
+        body: Vec<u8>,
+    ) -> Result<(), StorageError>;
+    /// Removes and returns up to `max` of the site's dirty hours.
+    async fn take_dirty_hours(&self, site: &SiteId, max: usize) -> Result<Vec<i64>, StorageError>;
+    /// Marks hours dirty (again), e.g. after their recomputation failed.
+    async fn mark_dirty(&self, site: &SiteId, hours: &[i64]) -> Result<(), StorageError>;
+}
+
+/// Report answers cached for every instance of a shared store, keyed with
+/// the site's write generations, which every append bumps.
+#[async_trait]
+pub trait SharedCache: Send + Sync {
+    /// The site's write generations: (every write, writes of late events).
+    async fn generations(&self, site: &SiteId) -> Result<(u64, u64), StorageError>;
+    /// Bumps both generations (after events were erased or rebuilt).
+    async fn bump_generations(&self, site: &SiteId) -> Result<(), StorageError>;
+    /// A cached value.
+    async fn cached(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Caches a value for `ttl`.
+    async fn cache(&self, key: &[u8], value: &[u8], ttl: std::time::Duration) -> Result<(), StorageError>;
 }
 
 /// Sites and their settings.

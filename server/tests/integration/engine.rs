@@ -150,10 +150,19 @@ async fn load(server: &TestServer, events: Vec<v1::Event>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_comparisons_revenue_conversion_and_cache() {
     let server = TestServer::start().await;
+    rollups_agree_with_raw_events(&server).await;
+    server.stop().await;
+}
+
+/// Loads the data set into site "e" of `server` and checks the answers from
+/// rollups against the test's own counts and against raw scans; the cache,
+/// comparisons, revenue, conversion rate, sampling and metadata too. Run on
+/// every backend (see `scylla.rs` for ScyllaDB + Redis).
+pub async fn rollups_agree_with_raw_events(server: &TestServer) {
     server.site("e", "UTC").await;
     let now = now_micros();
     let Data { events, views } = data(now);
-    load(&server, events).await;
+    load(server, events).await;
 
     // Top pages over the last 30 days, from rollups.
     let request = v1::RunReportRequest {
@@ -164,7 +173,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
         limit: 3,
         ..Default::default()
     };
-    let top = report(&server, request.clone()).await;
+    let top = report(server, request.clone()).await;
     assert_eq!(source(&top), v1::DataSource::Rollups);
     assert!(top.metadata.as_ref().unwrap().exact);
     let mut expected: HashMap<&str, (i64, HashSet<&str>)> = HashMap::new();
@@ -204,7 +213,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
     // The same question with a filter the rollups cannot answer is scanned
     // from raw events, and agrees.
     let raw = report(
-        &server,
+        server,
         v1::RunReportRequest {
             include_bots: true,
             ..request.clone()
@@ -216,12 +225,12 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
     assert_eq!(raw.totals, top.totals);
 
     // Asked again: served from the cache.
-    let again = report(&server, request.clone()).await;
+    let again = report(server, request.clone()).await;
     let metadata = again.metadata.as_ref().unwrap();
     assert!(metadata.cache_hit);
     assert_eq!(again.rows, top.rows);
     let fresh = report(
-        &server,
+        server,
         v1::RunReportRequest {
             skip_cache: true,
             ..request.clone()
@@ -231,11 +240,11 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
     assert!(!fresh.metadata.as_ref().unwrap().cache_hit);
     // A new event makes the cached answer stale.
     load(
-        &server,
+        server,
         vec![pageview(10_000, now - DAY, "https://e.example/docs", "late")],
     )
     .await;
-    let after = report(&server, request.clone()).await;
+    let after = report(server, request.clone()).await;
     assert!(!after.metadata.as_ref().unwrap().cache_hit);
     assert_eq!(int(&after.totals[0].metric_values[0]), views.len() as i64 + 1);
 
@@ -243,7 +252,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
     let in_days =
         |from: i64, to: i64| views.iter().filter(|(d, _, _)| (from..=to).contains(d)).count() as i64;
     let compared = report(
-        &server,
+        server,
         v1::RunReportRequest {
             site_id: "e".into(),
             metrics: vec![M::Pageviews as i32],
@@ -268,7 +277,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
 
     // Revenue per currency, conversion rate of the purchase goal.
     let money = report(
-        &server,
+        server,
         v1::RunReportRequest {
             site_id: "e".into(),
             metrics: vec![M::Revenue as i32, M::ConversionRate as i32],
@@ -290,7 +299,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
         "conversion {rate}"
     );
     let usd = report(
-        &server,
+        server,
         v1::RunReportRequest {
             site_id: "e".into(),
             metrics: vec![M::Revenue as i32],
@@ -310,7 +319,7 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
 
     // Sampling is flagged and scales counts.
     let sampled = report(
-        &server,
+        server,
         v1::RunReportRequest {
             site_id: "e".into(),
             metrics: vec![M::Visitors as i32, M::BounceRate as i32],
@@ -362,7 +371,6 @@ async fn rollups_comparisons_revenue_conversion_and_cache() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("conversion_goal"), "{}", err.message());
-    server.stop().await;
 }
 
 fn page_step(name: &str, path: &str) -> v1::FunnelStep {

@@ -118,16 +118,9 @@ impl Claims {
         Ok(claims)
     }
 
-    /// Marks claimed keys as stored, each for `ttl_millis` (pipelined).
-    pub async fn mark_stored(
-        &self,
-        redis: &mut ConnectionManager,
-        keys: &[(Vec<u8>, u64)],
-    ) -> Result<(), StorageError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
+    /// Adds to `pipe` the commands that mark claimed keys as stored, each
+    /// for its `ttl_millis`.
+    pub fn mark_stored(&self, pipe: &mut redis::Pipeline, keys: &[(Vec<u8>, u64)]) {
         for (key, ttl_millis) in keys {
             pipe.cmd("SET")
                 .arg(key.as_slice())
@@ -136,9 +129,6 @@ impl Claims {
                 .arg((*ttl_millis).max(1))
                 .ignore();
         }
-        pipe.query_async::<()>(redis)
-            .await
-            .map_err(|err| redis_error("mark event ids stored", err))
     }
 }
 

@@ -21,6 +21,7 @@
 //! [`StorageError::Unavailable`], which ingest answers with `UNAVAILABLE` and
 //! a retry delay. Both clients reconnect by themselves.
 
+mod aggregates;
 mod claims;
 pub mod schema;
 mod visits;
@@ -230,6 +231,8 @@ struct Statements {
     insert_secret: PreparedStatement,
     select_secret_names: PreparedStatement,
     delete_secret: PreparedStatement,
+    select_rollup: PreparedStatement,
+    insert_rollup: PreparedStatement,
 }
 
 impl Statements {
@@ -300,6 +303,14 @@ impl Statements {
             .await?,
             select_secret_names: prepare(format!("SELECT name FROM {ks}.secrets")).await?,
             delete_secret: prepare(format!("DELETE FROM {ks}.secrets WHERE name = ? IF EXISTS")).await?,
+            select_rollup: prepare(format!(
+                "SELECT version, body FROM {ks}.rollup_hours WHERE site = ? AND hour = ?"
+            ))
+            .await?,
+            insert_rollup: prepare(format!(
+                "INSERT INTO {ks}.rollup_hours (site, hour, version, body) VALUES (?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
         };
         // Safe to retry on a timeout: the same row again.
         for idempotent in [
@@ -307,6 +318,7 @@ impl Statements {
             &mut statements.insert_bucket,
             &mut statements.insert_key,
             &mut statements.insert_key_by_hash,
+            &mut statements.insert_rollup,
         ] {
             idempotent.set_is_idempotent(true);
         }
@@ -321,6 +333,7 @@ pub struct ScyllaStore {
     statements: Statements,
     claims: Claims,
     visits: visits::Visits,
+    marks: aggregates::Marks,
     dedup_window_micros: i64,
     /// Sites known to exist, with their event time to live (seconds) and
     /// when that was read.
@@ -362,10 +375,42 @@ impl ScyllaStore {
             statements,
             claims: Claims::new(&options.redis_prefix),
             visits: visits::Visits::new(&options.redis_prefix),
+            marks: aggregates::Marks::new(&options.redis_prefix),
             dedup_window_micros: options.dedup_window_days * DAY_MICROS,
             sites: Mutex::new(HashMap::new()),
             buckets_written: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// How long, by event timestamp, event ids are remembered as stored.
+    pub fn dedup_window_micros(&self) -> i64 {
+        self.dedup_window_micros
+    }
+
+    /// Remembers stored events' ids as stored (one pipeline), as an append
+    /// does: for rebuilding them after Redis lost its data.
+    pub async fn remember_stored(&self, site: &SiteId, events: &[StoredEvent]) -> Result<(), StorageError> {
+        let now = now_micros();
+        let stored: Vec<(Vec<u8>, u64)> = events
+            .iter()
+            .filter(|e| e.ts_micros + self.dedup_window_micros > now)
+            .map(|e| {
+                let ttl_micros = (e.ts_micros + self.dedup_window_micros - now).max(60_000_000);
+                (
+                    self.claims.key(site.as_str(), &e.event_id),
+                    (ttl_micros / 1000) as u64,
+                )
+            })
+            .collect();
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        self.claims.mark_stored(&mut pipe, &stored);
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .map_err(|err| redis_error("remember event ids", err))
     }
 
     /// The CQL session (for tools and benchmarks that write directly).
@@ -678,10 +723,23 @@ impl EventStore for ScyllaStore {
                 (keys[k].clone(), (ttl_micros / 1000) as u64)
             })
             .collect();
-        // The events are durable: a failure here only shortens how long
-        // their ids are remembered (see `claims`), so it does not fail the append.
-        if let Err(error) = self.claims.mark_stored(&mut redis, &stored).await {
-            tracing::warn!(%error, events = stored.len(), "event ids not marked stored");
+        // One pipeline marks the ids stored and the hours changed (for the
+        // rollups and the report cache of every instance). Should it fail,
+        // the append fails although the events are durable: the claims are
+        // given back, and the client's retry writes the same rows again and
+        // marks them, so no hour is left unmarked behind an acknowledgment.
+        if !stored.is_empty() {
+            let mut pipe = redis::pipe();
+            self.claims.mark_stored(&mut pipe, &stored);
+            self.marks.touch(
+                &mut pipe,
+                site.as_str(),
+                to_write.iter().map(|e| e.ts_micros),
+                now,
+            );
+            pipe.query_async::<()>(&mut redis)
+                .await
+                .map_err(|err| redis_error("mark events stored", err))?;
         }
         held.settle();
         for &k in &claimed {
@@ -692,6 +750,14 @@ impl EventStore for ScyllaStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn shared_rollups(&self) -> Option<&dyn super::SharedRollupStore> {
+        Some(self)
+    }
+
+    fn shared_cache(&self) -> Option<&dyn super::SharedCache> {
+        Some(self)
     }
 
     async fn erase(&self, site: &SiteId, who: &Erase) -> Result<u64, StorageError> {
@@ -723,6 +789,13 @@ impl EventStore for ScyllaStore {
                     .map(|e| (e.ts_micros, e.event_id)),
             );
         }
+        let hours: Vec<i64> = doomed
+            .iter()
+            .map(|(ts, _)| ts.div_euclid(BUCKET_MICROS))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let site_id = site.clone();
         let site = site.to_string();
         let count = doomed.len() as u64;
         let session = self.session.clone();
@@ -743,6 +816,8 @@ impl EventStore for ScyllaStore {
         for result in results {
             result.map_err(|err| cql_error("erase events", err))?;
         }
+        // The rollups of those hours (and cached answers) no longer hold.
+        self.touch_hours(&site_id, &hours).await?;
         Ok(count)
     }
 
@@ -752,23 +827,14 @@ impl EventStore for ScyllaStore {
         // was shortened since.
         let cut_bucket = before_micros.div_euclid(BUCKET_MICROS);
         let site_name = site.to_string();
-        let mut buckets = Vec::new();
-        let mut rows = self
-            .session
-            .execute_iter(
-                self.statements.select_buckets.clone(),
-                (&site_name, i64::MIN, cut_bucket - 1),
-            )
-            .await
-            .map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?
-            .rows_stream::<(i64,)>()
-            .map_err(|err| StorageError::Corrupt(format!("event index: {err}")))?;
-        while let Some(row) = rows.next().await {
-            buckets.push(
-                row.map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?
-                    .0,
-            );
-        }
+        let buckets = read_buckets(
+            &self.session,
+            &self.statements.select_buckets,
+            &site_name,
+            i64::MIN,
+            cut_bucket - 1,
+        )
+        .await?;
         let mut deleted = 0u64;
         for bucket in buckets {
             let mut chunks = self.scan(site, bucket * BUCKET_MICROS, (bucket + 1) * BUCKET_MICROS);
@@ -787,6 +853,9 @@ impl EventStore for ScyllaStore {
                 .lock()
                 .expect("scylla lock")
                 .remove(&(site_name.clone(), bucket));
+        }
+        if deleted > 0 {
+            self.touch_hours(site, &[]).await?;
         }
         Ok(deleted)
     }
@@ -810,18 +879,14 @@ impl EventStore for ScyllaStore {
     }
 }
 
-/// Sends a site's events of `[from, to)` in chunks, partition by partition.
-async fn scan_into(
+/// The hours in `[first, last]` that hold events of `site`, from the index.
+async fn read_buckets(
     session: &Session,
     select_buckets: &PreparedStatement,
-    select_events: &PreparedStatement,
     site: &str,
-    from: i64,
-    to: i64,
-    tx: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
-) -> Result<(), StorageError> {
-    let first = from.div_euclid(BUCKET_MICROS);
-    let last = (to - 1).div_euclid(BUCKET_MICROS);
+    first: i64,
+    last: i64,
+) -> Result<Vec<i64>, StorageError> {
     let mut buckets = Vec::new();
     let mut rows = session
         .execute_iter(select_buckets.clone(), (site, first, last))
@@ -834,6 +899,22 @@ async fn scan_into(
             row.map_err(|err| StorageError::Unavailable(format!("cassandra: read event index: {err}")))?;
         buckets.push(bucket);
     }
+    Ok(buckets)
+}
+
+/// Sends a site's events of `[from, to)` in chunks, partition by partition.
+async fn scan_into(
+    session: &Session,
+    select_buckets: &PreparedStatement,
+    select_events: &PreparedStatement,
+    site: &str,
+    from: i64,
+    to: i64,
+    tx: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
+) -> Result<(), StorageError> {
+    let first = from.div_euclid(BUCKET_MICROS);
+    let last = (to - 1).div_euclid(BUCKET_MICROS);
+    let buckets = read_buckets(session, select_buckets, site, first, last).await?;
     let mut chunk = Vec::with_capacity(SCAN_CHUNK);
     for bucket in buckets {
         let mut rows = session

@@ -27,13 +27,14 @@ struct Migration {
     statements: &'static [&'static str],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "events by (site, hour), event bucket index, sites, api keys, secrets",
-    statements: &[
-        // Raw events: one partition per site and hour, rows by (timestamp, id);
-        // expired by TTL, compacted in daily windows.
-        "CREATE TABLE IF NOT EXISTS {ks}.events (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "events by (site, hour), event bucket index, sites, api keys, secrets",
+        statements: &[
+            // Raw events: one partition per site and hour, rows by (timestamp, id);
+            // expired by TTL, compacted in daily windows.
+            "CREATE TABLE IF NOT EXISTS {ks}.events (
             site text, bucket bigint, ts bigint, id blob, body blob,
             PRIMARY KEY ((site, bucket), ts, id)
         ) WITH CLUSTERING ORDER BY (ts ASC, id ASC)
@@ -41,17 +42,33 @@ const MIGRATIONS: &[Migration] = &[Migration {
                             'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}
           AND default_time_to_live = 36806400
           AND gc_grace_seconds = 86400",
-        // The hours that hold events of a site, so scans visit only those.
-        "CREATE TABLE IF NOT EXISTS {ks}.event_buckets (
+            // The hours that hold events of a site, so scans visit only those.
+            "CREATE TABLE IF NOT EXISTS {ks}.event_buckets (
             site text, bucket bigint, PRIMARY KEY (site, bucket)
         ) WITH default_time_to_live = 36892800",
-        "CREATE TABLE IF NOT EXISTS {ks}.sites (site_id text PRIMARY KEY, record blob)",
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys (key_id text PRIMARY KEY, record blob)",
-        "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_hash (secret_hash blob PRIMARY KEY, record blob)",
-        // The instance secret and the visitor-id salts.
-        "CREATE TABLE IF NOT EXISTS {ks}.secrets (name text PRIMARY KEY, value blob)",
-    ],
-}];
+            "CREATE TABLE IF NOT EXISTS {ks}.sites (site_id text PRIMARY KEY, record blob)",
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys (key_id text PRIMARY KEY, record blob)",
+            "CREATE TABLE IF NOT EXISTS {ks}.api_keys_by_hash (secret_hash blob PRIMARY KEY, record blob)",
+            // The instance secret and the visitor-id salts.
+            "CREATE TABLE IF NOT EXISTS {ks}.secrets (name text PRIMARY KEY, value blob)",
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "rollups per (site, hour)",
+        statements: &[
+            // The rollup of one UTC hour of a site (see `crate::rollup::shared`),
+            // with the token of the hour's events it was computed from (column
+            // `version`: `token` is a CQL keyword); one partition per site.
+            "CREATE TABLE IF NOT EXISTS {ks}.rollup_hours (
+            site text, hour bigint, version bigint, body blob,
+            PRIMARY KEY (site, hour)
+        ) WITH CLUSTERING ORDER BY (hour ASC)
+          AND default_time_to_live = 36892800
+          AND gc_grace_seconds = 86400",
+        ],
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i32 {
