@@ -223,6 +223,7 @@ impl Config {
         let past_days = self.limits.max_past_secs.div_euclid(86_400) + 1;
         crate::storage::embedded::EmbeddedOptions {
             dedup_window_days: past_days + 1,
+            ..Default::default()
         }
     }
 

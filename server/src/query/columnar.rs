@@ -1,0 +1,515 @@
+//! Reports over column batches, for stores that keep columns (see
+//! [`crate::storage::columns`]): the fast path of the raw executor.
+//!
+//! It reads only the columns the plan needs, and works on dictionary codes:
+//! a filter condition and a dimension value are computed once per distinct
+//! value of their column (on an event that holds only that field, so the
+//! answer is exactly what [`super::raw`] computes), then each event costs a
+//! few table look-ups and a hash of its group's codes. Batches are spread
+//! over the cores, each thread with its own groups, merged at the end.
+//!
+//! It answers what is a plain function of single events: page views,
+//! events, visitors, visits, views per visit and revenue, grouped by fields,
+//! properties, time buckets and the date range, with filters on fields and
+//! properties. Visit-level metrics and dimensions (bounce rate, duration,
+//! time on page, entry and exit page), conversion rate, and events stored
+//! before visits were formed at ingest go to the row-wise executor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use tally_proto::v1::{Dimension as D, Metric};
+
+use super::dims::Dim;
+use super::filter::Predicate;
+use super::plan::Plan;
+use super::raw::{Acc, finish, in_sample};
+use super::report::Computed;
+use crate::domain::{EventKind, StoredEvent};
+use crate::error::{Error, Result};
+use crate::storage::Store;
+use crate::storage::columns::{self, Column, ColumnBatch, property_column};
+
+type Hasher = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Hasher>;
+
+/// Dimensions in a group key: the request's five and the date range.
+const MAX_KEY: usize = 6;
+type Key = [u32; MAX_KEY];
+
+/// Where a dimension's value comes from.
+enum Source {
+    /// A dictionary column.
+    Column(String),
+    /// The timestamp (a time bucket).
+    Time,
+    /// The name of the date range.
+    Range,
+}
+
+fn source(dim: &Dim) -> Option<Source> {
+    let column = |name: &str| Some(Source::Column(name.to_owned()));
+    match dim {
+        Dim::Property(key) => Some(Source::Column(property_column(key))),
+        Dim::Standard(d) => match d {
+            D::TimeMinute | D::TimeHour | D::TimeDay | D::TimeWeek | D::TimeMonth => Some(Source::Time),
+            D::DateRange => Some(Source::Range),
+            D::Page => column("path"),
+            D::Hostname => column("hostname"),
+            D::Referrer => column("referrer"),
+            D::Source => column("source"),
+            D::Medium => column("medium"),
+            D::Campaign => column("campaign"),
+            D::UtmSource => column("utm_source"),
+            D::UtmMedium => column("utm_medium"),
+            D::UtmTerm => column("utm_term"),
+            D::UtmContent => column("utm_content"),
+            D::Country => column("country"),
+            D::Region => column("region"),
+            D::City => column("city"),
+            D::DeviceType => column("device_type"),
+            D::Browser => column("browser"),
+            D::BrowserVersion => column("browser_version"),
+            D::Os => column("os"),
+            D::OsVersion => column("os_version"),
+            D::AppVersion => column("app_version"),
+            D::EventName => column("name"),
+            D::EventType => column("kind"),
+            D::EntryPage | D::ExitPage | D::Unspecified => None,
+        },
+    }
+}
+
+/// A filter as a tree over leaves, each one condition on one column.
+enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Leaf(usize),
+}
+
+impl Cond {
+    /// Splits `p` into a tree and its leaves; `None` when a condition tests
+    /// something that is not a column.
+    fn compile<'p>(p: &'p Predicate, leaves: &mut Vec<(String, &'p Predicate)>) -> Option<Self> {
+        let list = |list: &'p [Predicate], leaves: &mut Vec<(String, &'p Predicate)>| {
+            list.iter()
+                .map(|p| Self::compile(p, leaves))
+                .collect::<Option<Vec<_>>>()
+        };
+        Some(match p {
+            Predicate::And(all) => Self::All(list(all, leaves)?),
+            Predicate::Or(any) => Self::Any(list(any, leaves)?),
+            Predicate::Not(inner) => Self::Not(Box::new(Self::compile(inner, leaves)?)),
+            Predicate::Test(dim, _) => {
+                let Some(Source::Column(name)) = source(dim) else {
+                    return None;
+                };
+                leaves.push((name, p));
+                Self::Leaf(leaves.len() - 1)
+            }
+        })
+    }
+
+    fn eval(&self, event: usize, leaves: &[(Vec<bool>, Column)]) -> bool {
+        match self {
+            Self::All(all) => all.iter().all(|c| c.eval(event, leaves)),
+            Self::Any(any) => any.iter().any(|c| c.eval(event, leaves)),
+            Self::Not(inner) => !inner.eval(event, leaves),
+            Self::Leaf(i) => {
+                let (table, column) = &leaves[*i];
+                table[column.codes()[event] as usize]
+            }
+        }
+    }
+}
+
+/// An event that holds only one column's value: what a condition or a
+/// dimension on that column sees.
+fn event_with(name: &str, value: &[u8]) -> Result<StoredEvent> {
+    let mut e = StoredEvent::default();
+    columns::apply(name, value, &mut e)?;
+    Ok(e)
+}
+
+/// Per thread: the groups, and what was learned about dictionary values.
+struct Worker<'p> {
+    plan: &'p Plan,
+    cond: Option<&'p Cond>,
+    leaves: &'p [(String, &'p Predicate)],
+    /// Per leaf: its answer by value.
+    leaf_answers: Vec<Map<Vec<u8>, bool>>,
+    dims: Vec<Source>,
+    /// Per dimension: the id of a value's text by value.
+    dim_ids: Vec<Map<Vec<u8>, u32>>,
+    /// Per time dimension: the last minute seen and its id.
+    last_minute: Vec<(i64, u32)>,
+    /// Texts of dimension values, by id, and the reverse.
+    texts: Vec<String>,
+    ids: Map<String, u32>,
+    range_ids: Vec<u32>,
+    groups: Vec<Map<Key, Acc<Hasher>>>,
+    totals: Vec<Acc<Hasher>>,
+}
+
+/// Why the fast path gave up.
+enum Stop {
+    /// Events it cannot answer for: the row-wise executor takes the report.
+    Unsupported,
+    Failed(Error),
+}
+
+impl From<crate::storage::StorageError> for Stop {
+    fn from(err: crate::storage::StorageError) -> Self {
+        Self::Failed(err.into())
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(err: Error) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl<'p> Worker<'p> {
+    fn new(plan: &'p Plan, cond: Option<&'p Cond>, leaves: &'p [(String, &'p Predicate)]) -> Self {
+        let dims: Vec<Source> = plan.dims.iter().filter_map(source).collect();
+        let ranges = plan.all_ranges().count();
+        let mut worker = Self {
+            plan,
+            cond,
+            leaves,
+            leaf_answers: leaves.iter().map(|_| Map::default()).collect(),
+            dim_ids: dims.iter().map(|_| Map::default()).collect(),
+            last_minute: dims.iter().map(|_| (i64::MIN, 0)).collect(),
+            dims,
+            texts: Vec::new(),
+            ids: Map::default(),
+            range_ids: Vec::new(),
+            groups: (0..ranges).map(|_| Map::default()).collect(),
+            totals: (0..ranges).map(|_| Acc::default()).collect(),
+        };
+        worker.range_ids = plan
+            .all_ranges()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|name| worker.intern(name))
+            .collect();
+        worker
+    }
+
+    fn intern(&mut self, text: String) -> u32 {
+        if let Some(id) = self.ids.get(&text) {
+            return *id;
+        }
+        let id = self.texts.len() as u32;
+        self.texts.push(text.clone());
+        self.ids.insert(text, id);
+        id
+    }
+
+    /// Per code of `column`: the id of the text of dimension `d`.
+    fn dim_table(&mut self, d: usize, name: &str, column: &Column) -> Result<Vec<u32>> {
+        let mut table = Vec::with_capacity(column.distinct());
+        for code in 0..column.distinct() as u32 {
+            let value = column.value(code);
+            if let Some(id) = self.dim_ids[d].get(value) {
+                table.push(*id);
+                continue;
+            }
+            let e = event_with(name, value)?;
+            let text = self.plan.dims[d]
+                .value(&e, self.plan.tz, "")
+                .unwrap_or_default()
+                .into_owned();
+            let id = self.intern(text);
+            self.dim_ids[d].insert(value.to_vec(), id);
+            table.push(id);
+        }
+        Ok(table)
+    }
+
+    /// Per code of `column`: the answer of leaf `l`.
+    fn leaf_table(&mut self, l: usize, column: &Column) -> Result<Vec<bool>> {
+        let (name, predicate) = &self.leaves[l];
+        let mut table = Vec::with_capacity(column.distinct());
+        for code in 0..column.distinct() as u32 {
+            let value = column.value(code);
+            let answer = match self.leaf_answers[l].get(value) {
+                Some(answer) => *answer,
+                None => {
+                    let answer = predicate.eval(&event_with(name, value)?, self.plan.tz);
+                    self.leaf_answers[l].insert(value.to_vec(), answer);
+                    answer
+                }
+            };
+            table.push(answer);
+        }
+        Ok(table)
+    }
+
+    /// The id of time dimension `d`'s bucket of `ts`; buckets change on
+    /// minute boundaries at most (time zone offsets are whole minutes).
+    fn time_id(&mut self, d: usize, ts: i64) -> u32 {
+        let minute = ts.div_euclid(60_000_000);
+        if self.last_minute[d].0 == minute {
+            return self.last_minute[d].1;
+        }
+        let e = StoredEvent {
+            ts_micros: minute * 60_000_000,
+            ..Default::default()
+        };
+        let text = self.plan.dims[d]
+            .value(&e, self.plan.tz, "")
+            .unwrap_or_default()
+            .into_owned();
+        let id = self.intern(text);
+        self.last_minute[d] = (minute, id);
+        id
+    }
+
+    fn add(&mut self, batch: &dyn ColumnBatch) -> std::result::Result<(), Stop> {
+        let plan = self.plan;
+        let n = batch.len();
+        let (low, high) = batch.bounds();
+        let ranges: Vec<(i64, i64)> = plan
+            .all_ranges()
+            .map(|r| (r.start_micros, r.end_micros))
+            .collect();
+        let whole = ranges.iter().all(|(from, to)| low >= *from && high < *to);
+        let needs_ts = !whole || self.dims.iter().any(|d| matches!(d, Source::Time));
+        let ts = if needs_ts { batch.timestamps()? } else { Vec::new() };
+
+        let kind = batch.column("kind")?;
+        let kinds: Vec<(bool, bool)> = (0..kind.distinct() as u32)
+            .map(|code| {
+                let e = event_with("kind", kind.value(code))?;
+                let counted = e.event_kind().is_some_and(|k| k != EventKind::Identify);
+                Ok((counted, e.event_kind().is_some_and(|k| k.is_view())))
+            })
+            .collect::<Result<_>>()?;
+        let bot = match plan.include_bots {
+            true => None,
+            false => Some(batch.column("bot")?),
+        };
+        let wants_visitors = plan.wants(Metric::Visitors) || plan.sample_rate < 1.0;
+        let visitor = match wants_visitors {
+            true => Some(batch.column("visitor")?),
+            false => None,
+        };
+        let visitor_ids: Vec<u64> = visitor.as_ref().map_or_else(Vec::new, |c| {
+            (0..c.distinct() as u32)
+                .map(|code| event_with("visitor", c.value(code)).map_or(0, |e| e.visitor))
+                .collect()
+        });
+        let sampled: Vec<bool> = visitor_ids
+            .iter()
+            .map(|v| in_sample(*v, plan.sample_rate))
+            .collect();
+        let wants_visits = plan.wants(Metric::Visits) || plan.wants(Metric::ViewsPerVisit);
+        let session = match wants_visits {
+            true => Some(batch.column("session")?),
+            false => None,
+        };
+        let session_ids: Vec<u64> = session.as_ref().map_or_else(Vec::new, |c| {
+            (0..c.distinct() as u32)
+                .map(|code| event_with("session", c.value(code)).map_or(0, |e| e.session))
+                .collect()
+        });
+        if session_ids.contains(&0) {
+            // Events stored before visits were formed at ingest.
+            return Err(Stop::Unsupported);
+        }
+        let revenue = match plan.wants(Metric::Revenue) {
+            true => Some(batch.column("revenue")?),
+            false => None,
+        };
+        let revenue_nanos: Vec<i128> = revenue.as_ref().map_or_else(Vec::new, |c| {
+            (0..c.distinct() as u32)
+                .map(
+                    |code| match event_with("revenue", c.value(code)).ok().and_then(|e| e.revenue) {
+                        Some(money) if money.currency == plan.currency => {
+                            i128::from(money.units) * 1_000_000_000 + i128::from(money.nanos)
+                        }
+                        _ => 0,
+                    },
+                )
+                .collect()
+        });
+        let mut leaves = Vec::with_capacity(self.leaves.len());
+        for l in 0..self.leaves.len() {
+            let column = batch.column(&self.leaves[l].0)?;
+            leaves.push((self.leaf_table(l, &column)?, column));
+        }
+        let mut dims: Vec<Option<(Vec<u32>, Column)>> = Vec::with_capacity(self.dims.len());
+        for d in 0..self.dims.len() {
+            let Source::Column(name) = &self.dims[d] else {
+                dims.push(None);
+                continue;
+            };
+            let name = name.clone();
+            let column = batch.column(&name)?;
+            dims.push(Some((self.dim_table(d, &name, &column)?, column)));
+        }
+
+        let sample = plan.sample_rate < 1.0;
+        for i in 0..n {
+            let (counted, is_view) = kinds[kind.codes()[i] as usize];
+            if !counted || bot.as_ref().is_some_and(|b| b.value(b.codes()[i]) != b"") {
+                continue;
+            }
+            if sample && !sampled[visitor.as_ref().map_or(0, |c| c.codes()[i]) as usize] {
+                continue;
+            }
+            if let Some(cond) = self.cond
+                && !cond.eval(i, &leaves)
+            {
+                continue;
+            }
+            let at = if needs_ts { ts[i] } else { low };
+            for (r, (from, to)) in ranges.iter().enumerate() {
+                if at < *from || at >= *to {
+                    continue;
+                }
+                let mut key: Key = [0; MAX_KEY];
+                for d in 0..self.dims.len() {
+                    key[d] = match (&self.dims[d], &dims[d]) {
+                        (_, Some((table, column))) => table[column.codes()[i] as usize],
+                        (Source::Time, _) => self.time_id(d, at),
+                        _ => self.range_ids[r],
+                    };
+                }
+                let visitor = visitor.as_ref().map(|c| visitor_ids[c.codes()[i] as usize]);
+                let visit = session.as_ref().map(|c| session_ids[c.codes()[i] as usize]);
+                let revenue = revenue
+                    .as_ref()
+                    .map_or(0, |c| revenue_nanos[c.codes()[i] as usize]);
+                let group = self.groups[r].entry(key).or_default();
+                for acc in [group, &mut self.totals[r]] {
+                    acc.events += 1;
+                    acc.pageviews += i64::from(is_view);
+                    acc.revenue_nanos += revenue;
+                    if let Some(v) = visitor {
+                        acc.visitors.insert(v);
+                    }
+                    if let Some(v) = visit {
+                        acc.visits.insert(v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups keyed by their texts.
+    fn into_rows(self) -> (Vec<HashMap<Vec<String>, Acc<Hasher>>>, Vec<Acc<Hasher>>) {
+        let dims = self.dims.len();
+        let texts = self.texts;
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .map(|(key, acc)| {
+                        (
+                            key[..dims].iter().map(|id| texts[*id as usize].clone()).collect(),
+                            acc,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        (groups, self.totals)
+    }
+}
+
+fn merge(into: &mut Acc<Hasher>, from: Acc<Hasher>) {
+    into.events += from.events;
+    into.pageviews += from.pageviews;
+    into.revenue_nanos += from.revenue_nanos;
+    into.time_on_page.0 += from.time_on_page.0;
+    into.time_on_page.1 += from.time_on_page.1;
+    into.visitors.extend(from.visitors);
+    into.visits.extend(from.visits);
+}
+
+/// True when the fast path can answer `plan`.
+fn supports(plan: &Plan) -> bool {
+    let metrics = plan.metrics.iter().all(|m| {
+        matches!(
+            m,
+            Metric::Pageviews
+                | Metric::Events
+                | Metric::Visitors
+                | Metric::Visits
+                | Metric::ViewsPerVisit
+                | Metric::Revenue
+        )
+    });
+    metrics && plan.dims.len() <= MAX_KEY && plan.dims.iter().all(|d| source(d).is_some())
+}
+
+/// Runs a report over the store's column batches; `None` when the store
+/// keeps no columns or the report needs the row-wise executor.
+pub(super) fn run(store: &dyn Store, site: &crate::domain::SiteId, plan: &Plan) -> Option<Result<Computed>> {
+    if !supports(plan) {
+        return None;
+    }
+    let mut leaves = Vec::new();
+    let cond = match &plan.filter {
+        Some(filter) => Some(Cond::compile(filter, &mut leaves)?),
+        None => None,
+    };
+    let (from, to) = plan.span();
+    let batches = match store.column_batches(site, from, to)? {
+        Ok(batches) => batches,
+        Err(err) => return Some(Err(err.into())),
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4);
+    let queue = Mutex::new(batches.into_iter());
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+    let results: Vec<std::result::Result<Worker<'_>, Stop>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut worker = Worker::new(plan, cond.as_ref(), &leaves);
+                    while let Some(batch) = next() {
+                        worker.add(batch.as_ref())?;
+                    }
+                    Ok(worker)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Stop::Failed(Error::Internal("report thread panicked".into()))))
+            })
+            .collect()
+    });
+    let ranges = plan.all_ranges().count();
+    let mut groups: Vec<HashMap<Vec<String>, Acc<Hasher>>> = (0..ranges).map(|_| HashMap::new()).collect();
+    let mut totals: Vec<Acc<Hasher>> = (0..ranges).map(|_| Acc::default()).collect();
+    for result in results {
+        let worker = match result {
+            Ok(worker) => worker,
+            Err(Stop::Unsupported) => return None,
+            Err(Stop::Failed(err)) => return Some(Err(err)),
+        };
+        let (worker_groups, worker_totals) = worker.into_rows();
+        for (r, g) in worker_groups.into_iter().enumerate() {
+            for (key, acc) in g {
+                merge(groups[r].entry(key).or_default(), acc);
+            }
+        }
+        for (r, acc) in worker_totals.into_iter().enumerate() {
+            merge(&mut totals[r], acc);
+        }
+    }
+    let converted: Vec<HashSet<u64>> = (0..ranges).map(|_| HashSet::new()).collect();
+    Some(Ok(finish(plan, &groups, &totals, &HashMap::new(), &converted)))
+}
