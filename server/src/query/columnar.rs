@@ -513,3 +513,236 @@ pub(super) fn run(store: &dyn Store, site: &crate::domain::SiteId, plan: &Plan) 
     let converted: Vec<HashSet<u64>> = (0..ranges).map(|_| HashSet::new()).collect();
     Some(Ok(finish(plan, &groups, &totals, &HashMap::new(), &converted)))
 }
+
+#[cfg(test)]
+mod tests {
+    use tally_proto::v1::{self, Dimension as D, Metric as M};
+
+    use super::*;
+    use crate::domain::{PropValue, SiteId, SiteRecord, StoredMoney, StoredProp};
+    use crate::storage::embedded::EmbeddedStore;
+    use crate::storage::{EventStore, SiteStore};
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn standard(d: D) -> v1::DimensionSpec {
+        v1::DimensionSpec {
+            kind: Some(v1::dimension_spec::Kind::Standard(d as i32)),
+        }
+    }
+
+    fn property(key: &str) -> v1::DimensionSpec {
+        v1::DimensionSpec {
+            kind: Some(v1::dimension_spec::Kind::Property(key.into())),
+        }
+    }
+
+    fn filter(dim: v1::DimensionSpec, condition: v1::filter::Condition) -> v1::FilterExpression {
+        v1::FilterExpression {
+            expr: Some(v1::filter_expression::Expr::Filter(v1::Filter {
+                dimension: Some(dim),
+                condition: Some(condition),
+            })),
+        }
+    }
+
+    fn matching(match_type: v1::MatchType, value: &str) -> v1::filter::Condition {
+        v1::filter::Condition::StringMatch(v1::StringMatch {
+            match_type: match_type as i32,
+            value: value.into(),
+            case_sensitive: false,
+        })
+    }
+
+    fn events(base: i64) -> Vec<StoredEvent> {
+        (0..3000i64)
+            .map(|n| {
+                let ts = base + n * 97_000_000 + n % 13;
+                let mut e = StoredEvent {
+                    event_id: uuid::Uuid::from_u128(n as u128 + 1).as_bytes().to_vec(),
+                    ts_micros: ts,
+                    kind: [1, 1, 2, 3, 4, 5][n as usize % 6],
+                    name: ["pageview", "signup", "buy"][n as usize % 3].into(),
+                    path: format!("/p/{}", n * 7 % 23),
+                    referrer: ["", "https://news.example/item?id=1", "https://www.google.com/"]
+                        [n as usize % 3]
+                        .into(),
+                    country: ["US", "DE", "", "FR"][n as usize % 4].into(),
+                    device_type: (n % 4) as i32,
+                    visitor: (n * 31 % 211) as u64 * 0x9E37_79B9,
+                    session: (n * 31 % 211 + n / 500) as u64 + 1,
+                    session_start: ts - 5,
+                    bot: n % 19 == 0,
+                    ..Default::default()
+                };
+                if n % 3 != 0 {
+                    let plan = match n % 4 {
+                        0 => PropValue::Str("pro".into()),
+                        1 => PropValue::Str("Free".into()),
+                        2 => PropValue::Num((n % 50) as f64),
+                        _ => PropValue::Bool(true),
+                    };
+                    e.properties
+                        .insert("plan".into(), StoredProp { value: Some(plan) });
+                }
+                if n % 5 == 0 {
+                    e.revenue = Some(StoredMoney {
+                        currency: ["EUR", "USD"][n as usize % 2].into(),
+                        units: n % 40,
+                        nanos: 250_000_000,
+                    });
+                }
+                e
+            })
+            .collect()
+    }
+
+    fn requests() -> Vec<v1::RunReportRequest> {
+        let base = v1::RunReportRequest {
+            site_id: "a".into(),
+            date_ranges: vec![v1::DateRange {
+                start_date: "6daysAgo".into(),
+                end_date: "today".into(),
+                name: String::new(),
+            }],
+            metrics: vec![M::Pageviews as i32, M::Visitors as i32, M::Events as i32],
+            ..Default::default()
+        };
+        let prop_num = v1::filter::Condition::Numeric(v1::NumericMatch {
+            operator: v1::NumericOperator::GreaterThan as i32,
+            value: 20.0,
+        });
+        vec![
+            v1::RunReportRequest {
+                dimensions: vec![standard(D::Page)],
+                limit: 5,
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                dimensions: vec![standard(D::EventName)],
+                filter: Some(filter(property("plan"), matching(v1::MatchType::Exact, "PRO"))),
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                metrics: vec![M::Visits as i32, M::ViewsPerVisit as i32, M::Revenue as i32],
+                dimensions: vec![standard(D::TimeDay), standard(D::Country)],
+                time_zone: "Asia/Kolkata".into(),
+                revenue_currency: "EUR".into(),
+                comparison: v1::ComparisonMode::PreviousPeriod as i32,
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                dimensions: vec![property("plan"), standard(D::DeviceType), standard(D::EventType)],
+                filter: Some(filter(property("plan"), prop_num)),
+                include_bots: true,
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                dimensions: vec![standard(D::Referrer), standard(D::TimeHour)],
+                filter: Some(v1::FilterExpression {
+                    expr: Some(v1::filter_expression::Expr::OrGroup(v1::FilterExpressionList {
+                        expressions: vec![
+                            v1::FilterExpression {
+                                expr: Some(v1::filter_expression::Expr::NotExpression(Box::new(filter(
+                                    standard(D::Country),
+                                    matching(v1::MatchType::Exact, "us"),
+                                )))),
+                            },
+                            filter(standard(D::Page), matching(v1::MatchType::Suffix, "/3")),
+                            filter(property("plan"), v1::filter::Condition::IsSet(false)),
+                        ],
+                    })),
+                }),
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                dimensions: vec![standard(D::Country)],
+                sample_rate: 0.5,
+                ..base.clone()
+            },
+            v1::RunReportRequest {
+                dimensions: vec![standard(D::Page)],
+                date_ranges: vec![
+                    v1::DateRange {
+                        start_date: "6daysAgo".into(),
+                        end_date: "3daysAgo".into(),
+                        name: "early".into(),
+                    },
+                    v1::DateRange {
+                        start_date: "2daysAgo".into(),
+                        end_date: "today".into(),
+                        name: "late".into(),
+                    },
+                ],
+                ..base
+            },
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_columnar_path_answers_as_the_row_wise_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let record = SiteRecord {
+            site_id: "a".into(),
+            time_zone: "UTC".into(),
+            ..Default::default()
+        };
+        store.insert_site(record.clone()).await.unwrap();
+        let site = SiteId::parse("a").unwrap();
+        let now = crate::domain::now_micros();
+        let base = (now - 4 * 24 * HOUR).div_euclid(HOUR) * HOUR;
+        let all = events(base);
+        // Half in segments, half still in packs.
+        let (first, second) = all.split_at(all.len() / 2);
+        store.append(&site, first.to_vec()).await.unwrap();
+        store.compact_now(i64::MAX).unwrap();
+        store.append(&site, second.to_vec()).await.unwrap();
+        for (i, request) in requests().iter().enumerate() {
+            let plan = super::super::plan::plan(&record, request, now).unwrap();
+            let fast = run(&store, &site, &plan).expect("columnar path").unwrap();
+            let rows = super::super::raw::run_rows(&store, &site, &plan).await.unwrap();
+            assert!(!rows.rows.is_empty(), "request {i} has rows");
+            assert_eq!(fast.rows, rows.rows, "request {i}");
+            assert_eq!(fast.row_count, rows.row_count, "request {i}");
+            assert_eq!(fast.totals, rows.totals, "request {i}");
+            assert_eq!(fast.previous_totals, rows.previous_totals, "request {i}");
+            assert_eq!(fast.previous_rows, rows.previous_rows, "request {i}");
+            assert_eq!(fast.exact, rows.exact, "request {i}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn visit_level_reports_and_events_without_visits_take_the_row_wise_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let record = SiteRecord {
+            site_id: "a".into(),
+            time_zone: "UTC".into(),
+            ..Default::default()
+        };
+        store.insert_site(record.clone()).await.unwrap();
+        let site = SiteId::parse("a").unwrap();
+        let now = crate::domain::now_micros();
+        let mut old = events(now - 2 * 24 * HOUR);
+        old.truncate(10);
+        for e in &mut old {
+            e.session = 0;
+        }
+        store.append(&site, old).await.unwrap();
+        let request = |metric: M, dim: D| v1::RunReportRequest {
+            site_id: "a".into(),
+            metrics: vec![metric as i32],
+            dimensions: vec![standard(dim)],
+            ..Default::default()
+        };
+        let plan = |r: &v1::RunReportRequest| super::super::plan::plan(&record, r, now).unwrap();
+        assert!(run(&store, &site, &plan(&request(M::BounceRate, D::Page))).is_none());
+        assert!(run(&store, &site, &plan(&request(M::Pageviews, D::EntryPage))).is_none());
+        assert!(
+            run(&store, &site, &plan(&request(M::Visits, D::Page))).is_none(),
+            "visit ids of 0"
+        );
+        assert!(run(&store, &site, &plan(&request(M::Visitors, D::Page))).is_some());
+    }
+}
