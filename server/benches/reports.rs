@@ -234,6 +234,22 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// Bytes the files under `path` take on disk (allocated blocks, as `du`).
+fn du_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => du_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -281,10 +297,32 @@ async fn main() {
         stored as f64 / seconds
     );
     println!(
-        "on disk: {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
+        "on disk after ingest (minute packs): {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
         store.disk_space().unwrap() as f64 / stored as f64,
         rss_mib()
     );
+    // The background compactor moves sealed hours into columnar segments;
+    // do it now (every hour, the current one included) and measure.
+    let started = Instant::now();
+    let compacting = store.clone();
+    tokio::task::spawn_blocking(move || compacting.compact_now(i64::MAX))
+        .await
+        .unwrap()
+        .unwrap();
+    println!(
+        "compacted into columnar segments in {:.1} s; on disk: {:.1} bytes per event (data directory, `du`: {:.1})",
+        started.elapsed().as_secs_f64(),
+        store.disk_space().unwrap() as f64 / stored as f64,
+        du_bytes(&dir.path().join("data")) as f64 / stored as f64
+    );
+    let parts: Vec<String> = store
+        .disk_usage()
+        .unwrap()
+        .iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / stored as f64))
+        .collect();
+    println!("  bytes per event by part: {}", parts.join(", "));
 
     // What a restart costs: the rollups rebuilt from the raw events, and their size.
     let rollups = Rollups::new(true);

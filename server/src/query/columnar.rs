@@ -271,7 +271,6 @@ impl<'p> Worker<'p> {
 
     fn add(&mut self, batch: &dyn ColumnBatch) -> std::result::Result<(), Stop> {
         let plan = self.plan;
-        let n = batch.len();
         let (low, high) = batch.bounds();
         let ranges: Vec<(i64, i64)> = plan
             .all_ranges()
@@ -279,44 +278,72 @@ impl<'p> Worker<'p> {
             .collect();
         let whole = ranges.iter().all(|(from, to)| low >= *from && high < *to);
         let needs_ts = !whole || self.dims.iter().any(|d| matches!(d, Source::Time));
-        let ts = if needs_ts { batch.timestamps()? } else { Vec::new() };
 
+        // First the events that count and pass the filter: when none do, the
+        // other columns are not read.
         let kind = batch.column("kind")?;
         let kinds: Vec<(bool, bool)> = (0..kind.distinct() as u32)
             .map(|code| {
-                let e = event_with("kind", kind.value(code))?;
-                let counted = e.event_kind().is_some_and(|k| k != EventKind::Identify);
-                Ok((counted, e.event_kind().is_some_and(|k| k.is_view())))
+                let kind = EventKind::from_i32(columns::bytes_int(kind.value(code)) as i32);
+                (
+                    kind.is_some_and(|k| k != EventKind::Identify),
+                    kind.is_some_and(|k| k.is_view()),
+                )
             })
-            .collect::<Result<_>>()?;
-        let bot = match plan.include_bots {
+            .collect();
+        let bots: Option<(Vec<bool>, Column)> = match plan.include_bots {
             true => None,
-            false => Some(batch.column("bot")?),
+            false => {
+                let column = batch.column("bot")?;
+                let table = (0..column.distinct() as u32)
+                    .map(|c| !column.value(c).is_empty())
+                    .collect();
+                Some((table, column))
+            }
         };
-        let wants_visitors = plan.wants(Metric::Visitors) || plan.sample_rate < 1.0;
-        let visitor = match wants_visitors {
+        let mut leaves = Vec::with_capacity(self.leaves.len());
+        for l in 0..self.leaves.len() {
+            let column = batch.column(&self.leaves[l].0)?;
+            leaves.push((self.leaf_table(l, &column)?, column));
+        }
+        let mut selected: Vec<u32> = (0..batch.len() as u32)
+            .filter(|i| {
+                let i = *i as usize;
+                kinds[kind.codes()[i] as usize].0
+                    && !bots
+                        .as_ref()
+                        .is_some_and(|(table, c)| table[c.codes()[i] as usize])
+                    && self.cond.is_none_or(|cond| cond.eval(i, &leaves))
+            })
+            .collect();
+        if selected.is_empty() {
+            return Ok(());
+        }
+
+        let int_values = |column: &Column| -> Vec<u64> {
+            (0..column.distinct() as u32)
+                .map(|c| columns::bytes_int(column.value(c)))
+                .collect()
+        };
+        let visitor = match plan.wants(Metric::Visitors) || plan.sample_rate < 1.0 {
             true => Some(batch.column("visitor")?),
             false => None,
         };
-        let visitor_ids: Vec<u64> = visitor.as_ref().map_or_else(Vec::new, |c| {
-            (0..c.distinct() as u32)
-                .map(|code| event_with("visitor", c.value(code)).map_or(0, |e| e.visitor))
-                .collect()
-        });
-        let sampled: Vec<bool> = visitor_ids
-            .iter()
-            .map(|v| in_sample(*v, plan.sample_rate))
-            .collect();
-        let wants_visits = plan.wants(Metric::Visits) || plan.wants(Metric::ViewsPerVisit);
-        let session = match wants_visits {
+        let visitor_ids = visitor.as_ref().map(int_values).unwrap_or_default();
+        if plan.sample_rate < 1.0
+            && let Some(visitor) = &visitor
+        {
+            let sampled: Vec<bool> = visitor_ids
+                .iter()
+                .map(|v| in_sample(*v, plan.sample_rate))
+                .collect();
+            selected.retain(|i| sampled[visitor.codes()[*i as usize] as usize]);
+        }
+        let session = match plan.wants(Metric::Visits) || plan.wants(Metric::ViewsPerVisit) {
             true => Some(batch.column("session")?),
             false => None,
         };
-        let session_ids: Vec<u64> = session.as_ref().map_or_else(Vec::new, |c| {
-            (0..c.distinct() as u32)
-                .map(|code| event_with("session", c.value(code)).map_or(0, |e| e.session))
-                .collect()
-        });
+        let session_ids = session.as_ref().map(int_values).unwrap_or_default();
         if session_ids.contains(&0) {
             // Events stored before visits were formed at ingest.
             return Err(Stop::Unsupported);
@@ -337,11 +364,6 @@ impl<'p> Worker<'p> {
                 )
                 .collect()
         });
-        let mut leaves = Vec::with_capacity(self.leaves.len());
-        for l in 0..self.leaves.len() {
-            let column = batch.column(&self.leaves[l].0)?;
-            leaves.push((self.leaf_table(l, &column)?, column));
-        }
         let mut dims: Vec<Option<(Vec<u32>, Column)>> = Vec::with_capacity(self.dims.len());
         for d in 0..self.dims.len() {
             let Source::Column(name) = &self.dims[d] else {
@@ -352,22 +374,20 @@ impl<'p> Worker<'p> {
             let column = batch.column(&name)?;
             dims.push(Some((self.dim_table(d, &name, &column)?, column)));
         }
+        let ts = if needs_ts { batch.timestamps()? } else { Vec::new() };
 
-        let sample = plan.sample_rate < 1.0;
-        for i in 0..n {
-            let (counted, is_view) = kinds[kind.codes()[i] as usize];
-            if !counted || bot.as_ref().is_some_and(|b| b.value(b.codes()[i]) != b"") {
-                continue;
-            }
-            if sample && !sampled[visitor.as_ref().map_or(0, |c| c.codes()[i]) as usize] {
-                continue;
-            }
-            if let Some(cond) = self.cond
-                && !cond.eval(i, &leaves)
-            {
-                continue;
-            }
+        // A visitor or visit goes into a range's totals once per batch.
+        let mut seen_visitors = vec![vec![false; visitor_ids.len()]; ranges.len()];
+        let mut seen_visits = vec![vec![false; session_ids.len()]; ranges.len()];
+        for i in selected {
+            let i = i as usize;
+            let is_view = kinds[kind.codes()[i] as usize].1;
             let at = if needs_ts { ts[i] } else { low };
+            let visitor = visitor.as_ref().map(|c| c.codes()[i] as usize);
+            let visit = session.as_ref().map(|c| c.codes()[i] as usize);
+            let revenue = revenue
+                .as_ref()
+                .map_or(0, |c| revenue_nanos[c.codes()[i] as usize]);
             for (r, (from, to)) in ranges.iter().enumerate() {
                 if at < *from || at >= *to {
                     continue;
@@ -380,21 +400,23 @@ impl<'p> Worker<'p> {
                         _ => self.range_ids[r],
                     };
                 }
-                let visitor = visitor.as_ref().map(|c| visitor_ids[c.codes()[i] as usize]);
-                let visit = session.as_ref().map(|c| session_ids[c.codes()[i] as usize]);
-                let revenue = revenue
-                    .as_ref()
-                    .map_or(0, |c| revenue_nanos[c.codes()[i] as usize]);
                 let group = self.groups[r].entry(key).or_default();
-                for acc in [group, &mut self.totals[r]] {
+                let totals = &mut self.totals[r];
+                for acc in [&mut *group, &mut *totals] {
                     acc.events += 1;
                     acc.pageviews += i64::from(is_view);
                     acc.revenue_nanos += revenue;
-                    if let Some(v) = visitor {
-                        acc.visitors.insert(v);
+                }
+                if let Some(code) = visitor {
+                    group.visitors.insert(visitor_ids[code]);
+                    if !std::mem::replace(&mut seen_visitors[r][code], true) {
+                        totals.visitors.insert(visitor_ids[code]);
                     }
-                    if let Some(v) = visit {
-                        acc.visits.insert(v);
+                }
+                if let Some(code) = visit {
+                    group.visits.insert(session_ids[code]);
+                    if !std::mem::replace(&mut seen_visits[r][code], true) {
+                        totals.visits.insert(session_ids[code]);
                     }
                 }
             }

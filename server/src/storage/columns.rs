@@ -122,7 +122,8 @@ fn int_bytes(value: u64) -> Cow<'static, [u8]> {
     Cow::Owned(bytes[..len].to_vec())
 }
 
-fn bytes_int(bytes: &[u8]) -> u64 {
+/// The integer an integer column's dictionary value holds.
+pub fn bytes_int(bytes: &[u8]) -> u64 {
     let mut full = [0u8; 8];
     let len = bytes.len().min(8);
     full[..len].copy_from_slice(&bytes[..len]);
@@ -203,21 +204,33 @@ impl Column {
 
     /// Builds column `name` of `events`.
     pub fn build(name: &str, events: &[StoredEvent]) -> Self {
-        let mut codes = Vec::with_capacity(events.len());
-        let mut seen: HashMap<Cow<'_, [u8]>, u32, foldhash::fast::RandomState> = HashMap::default();
         let mut column = Self::default();
-        for e in events {
-            let value = value_of(name, e);
-            let next = seen.len() as u32;
-            let code = *seen.entry(value).or_insert_with_key(|value| {
-                column.values.extend_from_slice(value);
-                column.ends.push(column.values.len() as u32);
-                next
-            });
-            codes.push(code);
-        }
-        column.codes = codes;
+        column.codes = match field(name) {
+            // Integers are looked up as integers: no bytes made per event.
+            Some(Field::Int(get, _)) => column.codes_of(events.iter().map(get), |v| int_bytes(*v)),
+            _ => column.codes_of(events.iter().map(|e| value_of(name, e)), |v| v.clone()),
+        };
         column
+    }
+
+    /// The code of each of `values`, adding each new one to the dictionary
+    /// as `bytes` gives it.
+    fn codes_of<'v, T: std::hash::Hash + Eq>(
+        &mut self,
+        values: impl Iterator<Item = T>,
+        bytes: impl Fn(&T) -> Cow<'v, [u8]>,
+    ) -> Vec<u32> {
+        let mut seen: HashMap<T, u32, foldhash::fast::RandomState> = HashMap::default();
+        values
+            .map(|value| {
+                let next = seen.len() as u32;
+                *seen.entry(value).or_insert_with_key(|value| {
+                    self.values.extend_from_slice(&bytes(value));
+                    self.ends.push(self.values.len() as u32);
+                    next
+                })
+            })
+            .collect()
     }
 
     /// Events in the column.

@@ -170,6 +170,7 @@ impl EmbeddedStore {
                 packs: db.keyspace("events", compressed)?,
                 heads: db.keyspace("segment_heads", KeyspaceCreateOptions::default)?,
                 columns: db.keyspace("segment_columns", uncompressed)?,
+                pack_ids: db.keyspace("pack_ids", KeyspaceCreateOptions::default)?,
             },
             sites: db.keyspace("sites", KeyspaceCreateOptions::default)?,
             keys: db.keyspace("keys", KeyspaceCreateOptions::default)?,
@@ -185,7 +186,7 @@ impl EmbeddedStore {
         inner.load_caches()?;
         inner.load_visits()?;
         let inner = Arc::new(inner);
-        let pack_ids = inner.db.keyspace("pack_ids", KeyspaceCreateOptions::default)?;
+        let pack_ids = inner.tables.pack_ids.clone();
         let writer = events::Writer::recover(
             inner.db.clone(),
             inner.tables.packs.clone(),
@@ -226,15 +227,25 @@ impl EmbeddedStore {
     /// and compacts the underlying LSM trees so that disk space is returned.
     pub fn compact_now(&self, sealed_before: i64) -> Result<(), StorageError> {
         self.inner.compact(sealed_before, usize::MAX)?;
-        for keyspace in [
-            &self.inner.tables.packs,
-            &self.inner.tables.heads,
-            &self.inner.tables.columns,
-        ] {
+        // Journal files are deleted once every keyspace has flushed what
+        // they hold: flush all of them.
+        for keyspace in self.inner.keyspaces() {
             keyspace.rotate_memtable_and_wait()?;
+        }
+        let tables = &self.inner.tables;
+        for keyspace in [&tables.packs, &tables.heads, &tables.columns] {
             keyspace.major_compact()?;
         }
         Ok(())
+    }
+
+    /// Bytes on disk by part: the journal, then each keyspace.
+    pub fn disk_usage(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut parts = vec![("journal".to_owned(), self.inner.db.journal_disk_space()?)];
+        for keyspace in self.inner.keyspaces() {
+            parts.push((keyspace.name().to_string(), keyspace.disk_space()));
+        }
+        Ok(parts)
     }
 
     /// Bytes the store takes on disk.
@@ -263,6 +274,19 @@ impl EmbeddedStore {
 const FORMAT_VERSION: u32 = 1;
 
 impl Inner {
+    fn keyspaces(&self) -> [&Keyspace; 7] {
+        let t = &self.tables;
+        [
+            &t.packs,
+            &t.pack_ids,
+            &t.heads,
+            &t.columns,
+            &self.sites,
+            &self.keys,
+            &self.meta,
+        ]
+    }
+
     /// Compacts the packs of at most `max_hours` sealed hours.
     fn compact(&self, sealed_before: i64, max_hours: usize) -> Result<(), StorageError> {
         let _guard = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());

@@ -29,7 +29,7 @@
 //!
 //! Crash safety: a compaction writes the new segment (head and columns),
 //! deletes the columns the old one had and the new one lacks, and deletes
-//! exactly the packs it read, in one atomic, synced journal batch; a crash
+//! exactly the packs it read, in one atomic journal batch; a crash
 //! leaves either the packs or the segment that holds their events, never both
 //! or neither. Compaction, erasure and expiry run one at a time (the store's
 //! maintenance lock); the writer only ever adds packs under new keys. Reads
@@ -60,6 +60,8 @@ pub struct Tables {
     pub heads: Keyspace,
     /// Segment columns.
     pub columns: Keyspace,
+    /// Event ids of the packs, for the dedup window (see [`super::events`]).
+    pub pack_ids: Keyspace,
 }
 
 /// What a segment holds.
@@ -507,8 +509,11 @@ pub struct Compacted {
 
 /// Moves the packs of every hour that ended at or before `sealed_before`
 /// into that hour's segment (merged with the events it already holds), one
-/// atomic, synced batch per hour, for at most `max_hours` hours. Callers
-/// hold the maintenance lock.
+/// atomic batch per hour, for at most `max_hours` hours, then syncs the
+/// journal once. An hour's batch need not be synced on its own: the journal
+/// replays batches whole and in order, so a crash loses a suffix of the
+/// round's hours, whose packs are then still there. Callers hold the
+/// maintenance lock.
 pub fn compact(tables: &Tables, sealed_before: i64, max_hours: usize) -> Result<Compacted, StorageError> {
     let mut done = Compacted::default();
     let mut from = Vec::new();
@@ -532,6 +537,9 @@ pub fn compact(tables: &Tables, sealed_before: i64, max_hours: usize) -> Result<
         }
         done.events += compact_hour(tables, &snapshot, site_num, hour)?;
         done.hours += 1;
+    }
+    if done.hours > 0 {
+        tables.db.persist(PersistMode::SyncData)?;
     }
     Ok(done)
 }
@@ -558,7 +566,7 @@ fn compact_hour(
         events.extend(segment.events()?);
     }
     events.sort_unstable_by(|a, b| (a.ts_micros, &a.event_id).cmp(&(b.ts_micros, &b.event_id)));
-    let mut batch = durable(&tables.db);
+    let mut batch = tables.db.batch();
     stage_segment(
         &mut batch,
         tables,
