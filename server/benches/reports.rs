@@ -323,6 +323,19 @@ async fn main() {
         .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / stored as f64))
         .collect();
     println!("  bytes per event by part: {}", parts.join(", "));
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join("data/keyspaces"))
+        .unwrap()
+        .flatten()
+        .map(|entry| {
+            let per_event = du_bytes(&entry.path()) as f64 / stored as f64;
+            format!("{} {per_event:.1}", entry.file_name().to_string_lossy())
+        })
+        .collect();
+    files.sort();
+    println!(
+        "  bytes per event by keyspace directory (`du`): {}",
+        files.join(", ")
+    );
 
     // What a restart costs: the rollups rebuilt from the raw events, and their size.
     let rollups = Rollups::new(true);
@@ -430,4 +443,9 @@ async fn main() {
         eprintln!("  {name}\n    tally:  {ours:?}\n    duckdb: {}", d["rows"]);
     }
     println!("{table}");
+    // Tables that compaction replaced are deleted once no reader holds them.
+    println!(
+        "on disk at the end: {:.1} bytes per event (data directory, `du`)",
+        du_bytes(&dir.path().join("data")) as f64 / stored as f64
+    );
 }

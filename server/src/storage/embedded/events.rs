@@ -11,8 +11,12 @@
 //! Keyspaces (integers big-endian, times sign-flipped so bytes sort as time):
 //! - `events`: `site_num u32 | minute u64 | pack_seq u64` -> length-delimited
 //!   `StoredEvent`s of that minute, sorted by (timestamp, id); LZ4 blocks on disk.
+//!   Packs of sealed hours move into columnar segments (see [`super::segments`]).
 //! - `pack_ids`: `minute u64 | site_num u32 | pack_seq u64` -> the packs' event
-//!   ids, 16 bytes each: read at start-up to rebuild the dedup window.
+//!   ids, 16 bytes each: read at start-up to rebuild the dedup window. A
+//!   compaction deletes the entries of the packs it moves (the segment's id
+//!   column takes over); erasing events from a segment keeps their ids here,
+//!   under `pack_seq` [`u64::MAX`] of the hour's first minute.
 //! - `meta`: `next_pack_seq`.
 
 use std::collections::HashSet;
@@ -22,6 +26,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::{DAY_MICROS, DedupWindow, fingerprint};
+use super::segments::{self, Tables};
 use crate::domain::{StoredEvent, now_micros};
 use crate::storage::{AppendOutcome, StorageError};
 
@@ -83,14 +88,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Loads the pack sequence and rebuilds the dedup window from `pack_ids`.
-    pub fn recover(
-        db: Database,
-        events: Keyspace,
-        pack_ids: Keyspace,
-        meta: Keyspace,
-        window_days: i64,
-    ) -> Result<Self, StorageError> {
+    /// Loads the pack sequence and rebuilds the dedup window from `pack_ids`
+    /// and the id columns of the segments.
+    pub fn recover(tables: &Tables, meta: Keyspace, window_days: i64) -> Result<Self, StorageError> {
+        let (db, events, pack_ids) = (tables.db.clone(), tables.packs.clone(), tables.pack_ids.clone());
         let next_pack_seq = match meta.get(NEXT_PACK_SEQ)? {
             Some(raw) => u64::from_be_bytes(
                 raw.as_ref()
@@ -112,6 +113,9 @@ impl Writer {
                 dedup.insert(fingerprint(site_num, id.try_into().expect("16 bytes")), ts);
             }
         }
+        segments::ids_since(tables, first_minute * MINUTE_MICROS, |site_num, id, ts| {
+            dedup.insert(fingerprint(site_num, &id), ts);
+        })?;
         tracing::info!(ids = dedup.len(), window_days, "dedup window loaded");
         Ok(Self {
             db,
@@ -235,7 +239,7 @@ pub fn pack_key(site_num: u32, minute: i64, seq: u64) -> [u8; 20] {
     key
 }
 
-fn pack_ids_key(minute: i64, site_num: u32, seq: u64) -> [u8; 20] {
+pub fn pack_ids_key(minute: i64, site_num: u32, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..8].copy_from_slice(&encode_i64(minute).to_be_bytes());
     key[8..12].copy_from_slice(&site_num.to_be_bytes());

@@ -1,11 +1,12 @@
 //! The embedded store: one data directory, no services, built on fjall (an LSM
 //! tree with a write-ahead journal).
 //!
-//! Events are written by one group-committing writer thread (see [`events`]);
-//! sites, keys and the instance secret live in small keyspaces and are served
-//! from memory.
+//! Events are written by one group-committing writer thread as minute packs
+//! (see [`events`]); a compactor thread moves sealed hours into columnar
+//! segments (see [`segments`]); sites, keys and the instance secret live in
+//! small keyspaces and are served from memory.
 //!
-//! Keyspaces besides those of [`events`] (integers big-endian):
+//! Keyspaces besides those of [`events`] and [`segments`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
 //! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
@@ -186,14 +187,7 @@ impl EmbeddedStore {
         inner.load_caches()?;
         inner.load_visits()?;
         let inner = Arc::new(inner);
-        let pack_ids = inner.tables.pack_ids.clone();
-        let writer = events::Writer::recover(
-            inner.db.clone(),
-            inner.tables.packs.clone(),
-            pack_ids,
-            inner.meta.clone(),
-            options.dedup_window_days,
-        )?;
+        let writer = events::Writer::recover(&inner.tables, inner.meta.clone(), options.dedup_window_days)?;
         let (jobs_tx, jobs) = mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
             .name("tally-writer".into())
@@ -856,5 +850,27 @@ mod tests {
         assert!(left.iter().all(|e| e.visitor != visitor && e.ts_micros >= cut));
         let again = store.append(&site, vec![sent[1].clone()]).await.unwrap();
         assert_eq!(again, vec![AppendOutcome::Duplicate], "erased ids stay known");
+        drop(store);
+        let (store, site) = with_site(dir.path()).await;
+        let again = store
+            .append(&site, vec![sent[1].clone(), left[0].clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            vec![AppendOutcome::Duplicate, AppendOutcome::Duplicate],
+            "erased and compacted ids stay known after a restart"
+        );
+        let erased_hours: std::collections::BTreeSet<i64> = sent
+            .iter()
+            .filter(|e| e.visitor == visitor)
+            .map(|e| e.ts_micros.div_euclid(HOUR))
+            .collect();
+        let pack_ids = store.inner.tables.pack_ids.iter().count();
+        assert_eq!(
+            pack_ids,
+            erased_hours.len(),
+            "erased ids are kept per hour, the rest in segments"
+        );
     }
 }

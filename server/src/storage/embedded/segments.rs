@@ -34,13 +34,17 @@
 //! or neither. Compaction, erasure and expiry run one at a time (the store's
 //! maintenance lock); the writer only ever adds packs under new keys. Reads
 //! use one snapshot of every keyspace, so they never see a compaction half
-//! done. The dedup window (`pack_ids`) is untouched by compaction.
+//! done. The dedup window is rebuilt at start-up from `pack_ids` (packs) and
+//! from the `id` column of the segments of its days: a compaction deletes the
+//! `pack_ids` entries of the packs it moves in the same batch.
 
 use std::collections::BTreeSet;
 
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode, Readable, Snapshot};
 
-use super::events::{MINUTE_MICROS, SCAN_CHUNK, decode_i64, decode_pack, encode_i64, pack_key, pack_minute};
+use super::events::{
+    MINUTE_MICROS, SCAN_CHUNK, decode_i64, decode_pack, encode_i64, pack_ids_key, pack_key, pack_minute,
+};
 use crate::domain::StoredEvent;
 use crate::storage::StorageError;
 use crate::storage::columns::{Column, ColumnBatch, EventsBatch, fixed_names, property_column};
@@ -224,22 +228,33 @@ impl Segment {
             .collect()
     }
 
+    /// Every event's id, given every event's timestamp.
+    fn ids(&self, ts: &[i64]) -> Result<Vec<[u8; 16]>, StorageError> {
+        let raw_ids = self.raw("id")?.unwrap_or_default();
+        let mut ids = raw_ids.as_slice();
+        ts.iter()
+            .map(|ts| {
+                let offset = unzigzag(varint(&mut ids, "id")?);
+                let millis = (ts.div_euclid(1000).wrapping_add(offset) as u64).to_be_bytes();
+                let rest = ids.get(..10).ok_or_else(|| corrupt("id"))?;
+                let mut id = [0u8; 16];
+                id[..6].copy_from_slice(&millis[2..]);
+                id[6..].copy_from_slice(rest);
+                ids = &ids[10..];
+                Ok(id)
+            })
+            .collect()
+    }
+
     /// Every event, in (timestamp, id) order.
     pub fn events(&self) -> Result<Vec<StoredEvent>, StorageError> {
         let ts = self.timestamps()?;
         let received = self.varints("received")?;
-        let raw_ids = self.raw("id")?.unwrap_or_default();
-        let mut ids = raw_ids.as_slice();
+        let ids = self.ids(&ts)?;
         let mut events = Vec::with_capacity(self.head.len);
-        for (ts, received) in ts.into_iter().zip(received) {
-            let offset = unzigzag(varint(&mut ids, "id")?);
-            let millis = (ts.div_euclid(1000).wrapping_add(offset) as u64).to_be_bytes();
-            let rest = ids.get(..10).ok_or_else(|| corrupt("id"))?;
-            let mut id = millis[2..].to_vec();
-            id.extend_from_slice(rest);
-            ids = &ids[10..];
+        for ((ts, received), id) in ts.into_iter().zip(received).zip(ids) {
             events.push(StoredEvent {
-                event_id: id,
+                event_id: id.to_vec(),
                 ts_micros: ts,
                 received_micros: ts.wrapping_add(received),
                 ..Default::default()
@@ -280,6 +295,37 @@ impl ColumnBatch for Segment {
             None => Ok(Column::defaults(self.head.len)),
         }
     }
+}
+
+/// Hands the site number, id and timestamp of every event in a segment of
+/// an hour that ends after `from_micros` to `f` (for the dedup window).
+pub fn ids_since(
+    tables: &Tables,
+    from_micros: i64,
+    mut f: impl FnMut(u32, [u8; 16], i64),
+) -> Result<(), StorageError> {
+    let snapshot = tables.db.snapshot();
+    let first_hour = from_micros.div_euclid(HOUR_MICROS);
+    let mut sites = Vec::new();
+    for guard in snapshot.iter(&tables.heads) {
+        let key = guard.key()?;
+        let site_num = key
+            .get(..4)
+            .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
+            .ok_or_else(|| corrupt("head key"))?;
+        if sites.last() != Some(&site_num) {
+            sites.push(site_num);
+        }
+    }
+    for site_num in sites {
+        for segment in segments(&snapshot, tables, site_num, first_hour, i64::MAX / HOUR_MICROS)? {
+            let ts = segment.timestamps()?;
+            for (id, ts) in segment.ids(&ts)?.into_iter().zip(ts) {
+                f(site_num, id, ts);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The segments of `site_num` for hours `first..=last`, in hour order.
@@ -576,6 +622,15 @@ fn compact_hour(
         Some(encode_segment(&events)?),
     );
     for key in pack_keys {
+        // The segment's id column now serves the dedup window.
+        let seq = key
+            .get(12..20)
+            .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
+            .ok_or_else(|| StorageError::Corrupt("pack key".into()))?;
+        batch.remove(
+            &tables.pack_ids,
+            pack_ids_key(pack_minute(&key)?, site_num, seq).to_vec(),
+        );
         batch.remove(&tables.packs, key);
     }
     batch.commit()?;
@@ -606,13 +661,12 @@ pub fn rewrite(
         first_minute.div_euclid(MINUTES_PER_HOUR),
         last_minute.div_euclid(MINUTES_PER_HOUR),
     )? {
-        let events = segment.events()?;
-        let before = events.len();
-        let kept: Vec<StoredEvent> = events.into_iter().filter(|e| !drop(e)).collect();
-        if kept.len() == before {
+        let (dropped, kept): (Vec<StoredEvent>, Vec<StoredEvent>) =
+            segment.events()?.into_iter().partition(&mut drop);
+        if dropped.is_empty() {
             continue;
         }
-        deleted += (before - kept.len()) as u64;
+        deleted += dropped.len() as u64;
         let new = match kept.is_empty() {
             true => None,
             false => Some(encode_segment(&kept)?),
@@ -626,6 +680,14 @@ pub fn rewrite(
             Some(&segment.head),
             new,
         );
+        // Erased ids stay known to the dedup window, across restarts too.
+        let erased_key = pack_ids_key(segment.hour * MINUTES_PER_HOUR, site_num, u64::MAX);
+        let mut erased_ids = snapshot
+            .get(&tables.pack_ids, erased_key)?
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
+        erased_ids.extend(dropped.iter().flat_map(|e| e.event_id.iter().copied()));
+        batch.insert(&tables.pack_ids, erased_key.to_vec(), erased_ids);
         batch.commit()?;
     }
 
