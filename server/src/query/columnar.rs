@@ -701,17 +701,21 @@ mod tests {
         ]
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_columnar_path_answers_as_the_row_wise_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+    async fn store_with_site(dir: &std::path::Path) -> (EmbeddedStore, SiteRecord, SiteId) {
+        let store = EmbeddedStore::open(dir).unwrap();
         let record = SiteRecord {
             site_id: "a".into(),
             time_zone: "UTC".into(),
             ..Default::default()
         };
         store.insert_site(record.clone()).await.unwrap();
-        let site = SiteId::parse("a").unwrap();
+        (store, record, SiteId::parse("a").unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_columnar_path_answers_as_the_row_wise_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, record, site) = store_with_site(dir.path()).await;
         let now = crate::domain::now_micros();
         let base = (now - 4 * 24 * HOUR).div_euclid(HOUR) * HOUR;
         let all = events(base);
@@ -737,14 +741,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visit_level_reports_and_events_without_visits_take_the_row_wise_path() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let record = SiteRecord {
-            site_id: "a".into(),
-            time_zone: "UTC".into(),
-            ..Default::default()
-        };
-        store.insert_site(record.clone()).await.unwrap();
-        let site = SiteId::parse("a").unwrap();
+        let (store, record, site) = store_with_site(dir.path()).await;
         let now = crate::domain::now_micros();
         let mut old = events(now - 2 * 24 * HOUR);
         old.truncate(10);

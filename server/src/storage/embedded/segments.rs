@@ -357,6 +357,22 @@ fn segments(
     Ok(found)
 }
 
+/// The segments of `site_num` for the hours of a span of minutes.
+fn segments_spanning(
+    snapshot: &Snapshot,
+    tables: &Tables,
+    site_num: u32,
+    (first_minute, last_minute): (i64, i64),
+) -> Result<Vec<Segment>, StorageError> {
+    segments(
+        snapshot,
+        tables,
+        site_num,
+        first_minute.div_euclid(MINUTES_PER_HOUR),
+        last_minute.div_euclid(MINUTES_PER_HOUR),
+    )
+}
+
 fn minute_span(from_micros: i64, to_micros: i64) -> (i64, i64) {
     (
         from_micros.div_euclid(MINUTE_MICROS),
@@ -408,11 +424,7 @@ pub fn scan_with(
     }
     let snapshot = tables.db.snapshot();
     let (first_minute, last_minute) = minute_span(from_micros, to_micros);
-    let hours = (
-        first_minute.div_euclid(MINUTES_PER_HOUR),
-        last_minute.div_euclid(MINUTES_PER_HOUR),
-    );
-    let mut segments = segments(&snapshot, tables, site_num, hours.0, hours.1)?
+    let mut segments = segments_spanning(&snapshot, tables, site_num, (first_minute, last_minute))?
         .into_iter()
         .peekable();
     let mut out = Chunks {
@@ -478,13 +490,7 @@ pub fn column_batches(
     let snapshot = tables.db.snapshot();
     let (first_minute, last_minute) = minute_span(from_micros, to_micros);
     let mut batches: Vec<Box<dyn ColumnBatch>> = Vec::new();
-    for segment in segments(
-        &snapshot,
-        tables,
-        site_num,
-        first_minute.div_euclid(MINUTES_PER_HOUR),
-        last_minute.div_euclid(MINUTES_PER_HOUR),
-    )? {
+    for segment in segments_spanning(&snapshot, tables, site_num, (first_minute, last_minute))? {
         if segment.head.max_ts >= from_micros && segment.head.min_ts < to_micros {
             batches.push(Box::new(segment));
         }
@@ -654,13 +660,7 @@ pub fn rewrite(
     let snapshot = tables.db.snapshot();
     let (first_minute, last_minute) = minute_span(from_micros, to_micros);
     let mut deleted = 0u64;
-    for segment in segments(
-        &snapshot,
-        tables,
-        site_num,
-        first_minute.div_euclid(MINUTES_PER_HOUR),
-        last_minute.div_euclid(MINUTES_PER_HOUR),
-    )? {
+    for segment in segments_spanning(&snapshot, tables, site_num, (first_minute, last_minute))? {
         let (dropped, kept): (Vec<StoredEvent>, Vec<StoredEvent>) =
             segment.events()?.into_iter().partition(&mut drop);
         if dropped.is_empty() {
