@@ -36,6 +36,8 @@ type Map<K, V> = HashMap<K, V, Hasher>;
 /// Dimensions in a group key: the request's five and the date range.
 const MAX_KEY: usize = 6;
 type Key = [u32; MAX_KEY];
+/// One range's groups by their dimension texts.
+type Groups = HashMap<Vec<String>, Acc<Hasher>>;
 
 /// Where a dimension's value comes from.
 enum Source {
@@ -425,7 +427,7 @@ impl<'p> Worker<'p> {
     }
 
     /// The groups keyed by their texts.
-    fn into_rows(self) -> (Vec<HashMap<Vec<String>, Acc<Hasher>>>, Vec<Acc<Hasher>>) {
+    fn into_rows(self) -> (Vec<Groups>, Vec<Acc<Hasher>>) {
         let dims = self.dims.len();
         let texts = self.texts;
         let groups = self
@@ -514,7 +516,7 @@ pub(super) fn run(store: &dyn Store, site: &crate::domain::SiteId, plan: &Plan) 
             .collect()
     });
     let ranges = plan.all_ranges().count();
-    let mut groups: Vec<HashMap<Vec<String>, Acc<Hasher>>> = (0..ranges).map(|_| HashMap::new()).collect();
+    let mut groups: Vec<Groups> = (0..ranges).map(|_| HashMap::new()).collect();
     let mut totals: Vec<Acc<Hasher>> = (0..ranges).map(|_| Acc::default()).collect();
     for result in results {
         let worker = match result {

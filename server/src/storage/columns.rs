@@ -407,12 +407,12 @@ mod tests {
             kind: (n % 3) as i32 + 1,
             path: format!("/p/{}", n % 4),
             visitor: n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            bot: n % 5 == 0,
+            bot: n.is_multiple_of(5),
             session_start: -(n as i64),
             device_type: 2,
             ..Default::default()
         };
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             e.properties.insert(
                 "plan".into(),
                 StoredProp {
@@ -425,7 +425,7 @@ mod tests {
                 nanos: -5,
             });
         }
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             e.properties.insert("empty".into(), StoredProp { value: None });
         }
         e

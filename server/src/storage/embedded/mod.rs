@@ -201,8 +201,14 @@ impl EmbeddedStore {
                 // Runs until the store is dropped (the sender goes away).
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(COMPACT_EVERY) {
                     let sealed_before = crate::domain::now_micros() - SEAL_AFTER_MICROS;
-                    if let Err(err) = background.compact(sealed_before, usize::MAX) {
-                        tracing::warn!(error = %err, "compaction failed");
+                    match background.compact(sealed_before, usize::MAX) {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            if let Err(err) = background.reclaim() {
+                                tracing::warn!(error = %err, "reclaiming the space of compacted packs failed");
+                            }
+                        }
+                        Err(err) => tracing::warn!(error = %err, "compaction failed"),
                     }
                 }
             })
@@ -221,13 +227,9 @@ impl EmbeddedStore {
     /// and compacts the underlying LSM trees so that disk space is returned.
     pub fn compact_now(&self, sealed_before: i64) -> Result<(), StorageError> {
         self.inner.compact(sealed_before, usize::MAX)?;
-        // Journal files are deleted once every keyspace has flushed what
-        // they hold: flush all of them.
-        for keyspace in self.inner.keyspaces() {
-            keyspace.rotate_memtable_and_wait()?;
-        }
+        self.inner.reclaim()?;
         let tables = &self.inner.tables;
-        for keyspace in [&tables.packs, &tables.heads, &tables.columns] {
+        for keyspace in [&tables.heads, &tables.columns] {
             keyspace.major_compact()?;
         }
         Ok(())
@@ -281,8 +283,8 @@ impl Inner {
         ]
     }
 
-    /// Compacts the packs of at most `max_hours` sealed hours.
-    fn compact(&self, sealed_before: i64, max_hours: usize) -> Result<(), StorageError> {
+    /// Compacts the packs of at most `max_hours` sealed hours; returns how many.
+    fn compact(&self, sealed_before: i64, max_hours: usize) -> Result<usize, StorageError> {
         let _guard = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
         let started = std::time::Instant::now();
         let done = segments::compact(&self.tables, sealed_before, max_hours)?;
@@ -293,6 +295,20 @@ impl Inner {
                 millis = started.elapsed().as_millis() as u64,
                 "packs compacted into segments"
             );
+        }
+        Ok(done.hours)
+    }
+
+    /// Returns the disk space of compacted packs: flushes every keyspace (a
+    /// journal file goes once nothing unflushed is in it) and compacts the
+    /// packs and their ids, where the compactor left tombstones. Segments are
+    /// left to the LSM tree's own compaction.
+    fn reclaim(&self) -> Result<(), StorageError> {
+        for keyspace in self.keyspaces() {
+            keyspace.rotate_memtable_and_wait()?;
+        }
+        for keyspace in [&self.tables.packs, &self.tables.pack_ids] {
+            keyspace.major_compact()?;
         }
         Ok(())
     }
@@ -434,7 +450,8 @@ impl EventStore for EmbeddedStore {
             .await
             .map_err(|_| StorageError::Unavailable("writer stopped".into()))??;
         if self.compact_on_append {
-            self.blocking(|inner| inner.compact(i64::MAX, usize::MAX)).await?;
+            self.blocking(|inner| inner.compact(i64::MAX, usize::MAX).map(drop))
+                .await?;
         }
         Ok(outcomes)
     }

@@ -146,8 +146,11 @@ fn column_key(site_num: u32, hour: i64, name: &str) -> Vec<u8> {
     key
 }
 
+/// A segment ready to store: its head and its named, compressed columns.
+pub type Encoded = (Head, Vec<(String, Vec<u8>)>);
+
 /// Encodes events sorted by (timestamp, id) as a segment's head and columns.
-pub fn encode_segment(events: &[StoredEvent]) -> Result<(Head, Vec<(String, Vec<u8>)>), StorageError> {
+pub fn encode_segment(events: &[StoredEvent]) -> Result<Encoded, StorageError> {
     let mut ts = Vec::with_capacity(events.len() * 2);
     let mut received = Vec::with_capacity(events.len() * 4);
     let mut ids = Vec::with_capacity(events.len() * 12);
@@ -524,7 +527,7 @@ fn stage_segment(
     site_num: u32,
     hour: i64,
     old: Option<&Head>,
-    new: Option<(Head, Vec<(String, Vec<u8>)>)>,
+    new: Option<Encoded>,
 ) {
     let new_names: Vec<&str> = new
         .as_ref()
