@@ -549,6 +549,13 @@ fn stage_segment(
     }
 }
 
+impl Segment {
+    /// Stages replacing this segment by `new` (none: deleting it).
+    fn stage_replace(&self, batch: &mut OwnedWriteBatch, tables: &Tables, new: Option<Encoded>) {
+        stage_segment(batch, tables, self.site_num, self.hour, Some(&self.head), new);
+    }
+}
+
 fn durable(db: &Database) -> OwnedWriteBatch {
     db.batch().durability(Some(PersistMode::SyncData))
 }
@@ -675,14 +682,7 @@ pub fn rewrite(
             false => Some(encode_segment(&kept)?),
         };
         let mut batch = durable(&tables.db);
-        stage_segment(
-            &mut batch,
-            tables,
-            site_num,
-            segment.hour,
-            Some(&segment.head),
-            new,
-        );
+        segment.stage_replace(&mut batch, tables, new);
         // Erased ids stay known to the dedup window, across restarts too.
         let erased_key = pack_ids_key(segment.hour * MINUTES_PER_HOUR, site_num, u64::MAX);
         let mut erased_ids = snapshot
@@ -738,14 +738,7 @@ pub fn expire(tables: &Tables, site_num: u32, before_micros: i64) -> Result<u64,
     let mut removed = 0usize;
     for segment in segments(&snapshot, tables, site_num, i64::MIN / HOUR_MICROS, cut_hour - 1)? {
         deleted += segment.head.len as u64;
-        stage_segment(
-            &mut batch,
-            tables,
-            site_num,
-            segment.hour,
-            Some(&segment.head),
-            None,
-        );
+        segment.stage_replace(&mut batch, tables, None);
         removed += 1;
         if removed.is_multiple_of(64) {
             std::mem::replace(&mut batch, durable(&tables.db)).commit()?;
