@@ -6,7 +6,9 @@
 //! Run: `cargo bench -p tally-server --bench footprint`. `BENCH_EVENTS=N` sets
 //! the data set size (default 10,000,000). The bench starts the `tally`
 //! binary of this build as its own process on a fresh data directory, sends
-//! `tally generate`'s events (seed 1, 28 days) to it, stops it with SIGTERM,
+//! `tally generate`'s events (seed 1, 28 days) to it, waits until the
+//! background compactor has moved every sealed hour into columnar segments
+//! (as on a server that has run a while), stops it with SIGTERM,
 //! measures the directory, starts it again on the same directory and reads
 //! `VmRSS` / `VmHWM` of the server process from `/proc`: after start-up (the
 //! rollups rebuilt from the raw events), and after a 30-day top-pages report
@@ -34,16 +36,18 @@ fn free_addr() -> String {
 
 /// `tally serve` on `data`; returns once it answers. The caller stops it ([`stop`]).
 #[allow(clippy::zombie_processes)]
-async fn serve(data: &Path, geo: &Path, addr: &str) -> (Child, Duration) {
+async fn serve(data: &Path, geo: &Path, addr: &str, log: &Path) -> (Child, Duration) {
     let started = Instant::now();
+    let log = std::fs::File::create(log).unwrap();
     let mut child = Command::new(TALLY)
         .args(["serve", "--listen", addr, "--data-dir"])
         .arg(data)
         .arg("--geoip-db")
         .arg(geo)
         .env("TALLY_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", format!("warn,{COMPACTOR_TARGET}=info"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = started + Duration::from_secs(1800);
@@ -68,6 +72,40 @@ async fn serve(data: &Path, geo: &Path, addr: &str) -> (Child, Duration) {
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The log target of the embedded store's compactor, and its line for a
+/// round that moved packs into columnar segments.
+const COMPACTOR_TARGET: &str = "tally_server::storage::embedded";
+const COMPACTED: &str = "packs compacted into segments";
+
+/// Waits until the compactor has moved every sealed hour into segments: a
+/// round that compacted something after `seen` such lines (or two whole
+/// rounds, 60 s, without one: everything was compacted during ingest), then
+/// a whole round (30 s) that found nothing more. Returns the compacting
+/// rounds seen.
+async fn wait_for_compaction(log: &Path, seen: usize) -> usize {
+    let rounds = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches(COMPACTED)
+            .count()
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1800);
+    let mut last = (rounds(), Instant::now());
+    loop {
+        assert!(Instant::now() < deadline, "no compaction within 30 minutes");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rounds();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if (now > seen || started.elapsed() > Duration::from_secs(65))
+            && last.1.elapsed() > Duration::from_secs(32)
+        {
+            return now;
+        }
     }
 }
 
@@ -139,7 +177,8 @@ async fn main() {
     std::fs::write(&geo, tally_server::generate::geoip_database()).unwrap();
     let addr = free_addr();
 
-    let (server, _) = serve(&data, &geo, &addr).await;
+    let first_log = dir.path().join("first.log");
+    let (server, _) = serve(&data, &geo, &addr, &first_log).await;
     eprintln!("footprint: generating and sending {events} events ...");
     let started = Instant::now();
     let output = Command::new(TALLY)
@@ -165,10 +204,24 @@ async fn main() {
     assert_eq!(accepted as usize, events, "every event accepted: {summary}");
     let seconds = started.elapsed().as_secs_f64();
     let (rss_ingest, hwm_ingest) = memory_mib(server.id());
+    // As a server that has run a while: sealed hours compacted into columnar
+    // segments (every 30 s in the background).
+    eprintln!("footprint: waiting for the compactor to move every sealed hour into segments ...");
+    let compacting = Instant::now();
+    let seen = std::fs::read_to_string(&first_log)
+        .unwrap_or_default()
+        .matches(COMPACTED)
+        .count();
+    let rounds = wait_for_compaction(&first_log, seen).await;
+    eprintln!(
+        "footprint: {} compacting rounds after ingest, quiet since; waited {:.0} s",
+        rounds - seen,
+        compacting.elapsed().as_secs_f64()
+    );
     stop(server);
     let bytes = disk_bytes(&data);
 
-    let (server, startup) = serve(&data, &geo, &addr).await;
+    let (server, startup) = serve(&data, &geo, &addr, &dir.path().join("second.log")).await;
     let (rss_started, _) = memory_mib(server.id());
     let channel = support::connect(addr.parse().unwrap()).await;
     let mut query = v1::query_service_client::QueryServiceClient::new(channel);

@@ -242,6 +242,22 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// Bytes the files under `path` take on disk (allocated blocks, as `du`).
+fn du_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => du_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -291,9 +307,44 @@ async fn main() {
     figures::record("reports.events", stored as f64);
     figures::record("reports.ingest_eps", stored as f64 / seconds);
     println!(
-        "on disk: {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
+        "on disk after ingest (minute packs): {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
         store.disk_space().unwrap() as f64 / stored as f64,
         rss_mib()
+    );
+    // The background compactor moves sealed hours into columnar segments;
+    // do it now (every hour, the current one included) and measure.
+    let started = Instant::now();
+    let compacting = store.clone();
+    tokio::task::spawn_blocking(move || compacting.compact_now(i64::MAX))
+        .await
+        .unwrap()
+        .unwrap();
+    println!(
+        "compacted into columnar segments in {:.1} s; on disk: {:.1} bytes per event (data directory, `du`: {:.1})",
+        started.elapsed().as_secs_f64(),
+        store.disk_space().unwrap() as f64 / stored as f64,
+        du_bytes(&dir.path().join("data")) as f64 / stored as f64
+    );
+    let parts: Vec<String> = store
+        .disk_usage()
+        .unwrap()
+        .iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(name, bytes)| format!("{name} {:.1}", *bytes as f64 / stored as f64))
+        .collect();
+    println!("  bytes per event by part: {}", parts.join(", "));
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join("data/keyspaces"))
+        .unwrap()
+        .flatten()
+        .map(|entry| {
+            let per_event = du_bytes(&entry.path()) as f64 / stored as f64;
+            format!("{} {per_event:.1}", entry.file_name().to_string_lossy())
+        })
+        .collect();
+    files.sort();
+    println!(
+        "  bytes per event by keyspace directory (`du`): {}",
+        files.join(", ")
     );
 
     // What a restart costs: the rollups rebuilt from the raw events, and their size.
@@ -410,4 +461,9 @@ async fn main() {
         eprintln!("  {name}\n    tally:  {ours:?}\n    duckdb: {}", d["rows"]);
     }
     println!("{table}");
+    // Tables that compaction replaced are deleted once no reader holds them.
+    println!(
+        "on disk at the end: {:.1} bytes per event (data directory, `du`)",
+        du_bytes(&dir.path().join("data")) as f64 / stored as f64
+    );
 }

@@ -230,6 +230,7 @@ impl Config {
         crate::storage::embedded::EmbeddedOptions {
             dedup_window_days: past_days + 1,
             min_free_disk_bytes: self.min_free_disk_bytes,
+            ..Default::default()
         }
     }
 

@@ -12,7 +12,7 @@ use crate::process::*;
 /// Four writers' batches of 100: writer w's batch b, the same events each
 /// time it is built (a resend carries the events as first sent, timestamps
 /// included, as the SDKs' queues do).
-fn batch(start: &prost_types::Timestamp, writer: u128, batch: u128) -> Vec<v1::Event> {
+fn batch(start: prost_types::Timestamp, writer: u128, batch: u128) -> Vec<v1::Event> {
     (0..100u128)
         .map(|i| v1::Event {
             event_id: uuid::Uuid::from_u128((writer << 64) | (batch * 100 + i + 1)).to_string(),
@@ -52,11 +52,10 @@ where
             key.clone(),
             enough_tx.clone(),
         );
-        let start_time = start_time.clone();
         writers.push(tokio::spawn(async move {
             let mut client = v1::ingest_service_client::IngestServiceClient::new(channel);
             for b in 0u128.. {
-                let events = batch(&start_time, writer, b);
+                let events = batch(start_time, writer, b);
                 let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
                 sent_batches.lock().unwrap().push((writer, b));
                 let request = authed(
@@ -119,7 +118,7 @@ where
     let mut accepted_again = 0;
     let mut all_ids = HashSet::new();
     for (writer, b) in &sent {
-        let events = batch(&start_time, *writer, *b);
+        let events = batch(start_time, *writer, *b);
         all_ids.extend(events.iter().map(|e| e.event_id.clone()));
         // On the scale-out backend a batch the kill caught mid-write is still
         // claimed for a while: UNAVAILABLE with RetryInfo, retried as the SDKs do.

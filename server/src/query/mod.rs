@@ -1,6 +1,7 @@
 //! The query core: reports and session look-ups over a site's events.
 
 pub mod cache;
+mod columnar;
 pub mod dates;
 pub mod dims;
 pub mod filter;

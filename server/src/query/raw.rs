@@ -14,7 +14,7 @@
 //! need not match the row or the filter).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use futures::StreamExt;
 use tally_proto::v1::{self, Metric, metric_value::Value};
@@ -29,15 +29,15 @@ use crate::storage::Store;
 
 /// Per-group accumulators.
 #[derive(Default)]
-struct Acc {
-    pageviews: i64,
-    events: i64,
-    visitors: HashSet<u64>,
-    visits: HashSet<u64>,
+pub(super) struct Acc<S = RandomState> {
+    pub(super) pageviews: i64,
+    pub(super) events: i64,
+    pub(super) visitors: HashSet<u64, S>,
+    pub(super) visits: HashSet<u64, S>,
     /// Sum and count of times on page, microseconds.
-    time_on_page: (i64, i64),
+    pub(super) time_on_page: (i64, i64),
     /// Revenue in the plan's currency, nano units.
-    revenue_nanos: i128,
+    pub(super) revenue_nanos: i128,
 }
 
 /// The rows an event counted in: (range index, dimension values).
@@ -67,7 +67,7 @@ struct Context<'a> {
     scale: f64,
 }
 
-fn values(plan: &Plan, acc: &Acc, cx: &Context<'_>) -> Values {
+fn values<S: BuildHasher>(plan: &Plan, acc: &Acc<S>, cx: &Context<'_>) -> Values {
     let of_visits = |f: &dyn Fn(&VisitFacts) -> f64| -> f64 {
         let values: Vec<f64> = acc
             .visits
@@ -152,6 +152,14 @@ pub fn in_sample(visitor: u64, rate: f64) -> bool {
 /// Runs a report over raw events.
 #[tracing::instrument(name = "report.raw", skip_all, fields(site = %site))]
 pub async fn run(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Computed> {
+    match super::columnar::run(store, site, plan) {
+        Some(computed) => computed,
+        None => run_rows(store, site, plan).await,
+    }
+}
+
+/// Runs a report over raw events, event by event (every metric and dimension).
+pub(super) async fn run_rows(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Computed> {
     let (scan_from, scan_to) = plan.span();
     let ranges: Vec<_> = plan.all_ranges().collect();
     let new_sessionizer = || Sessionizer {
@@ -248,8 +256,20 @@ pub async fn run(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Comput
         }
     }
 
+    Ok(finish(plan, &groups, &totals, &summaries, &converted))
+}
+
+/// Values, sorted and paged rows, and comparisons from the accumulators of
+/// every range (the requested ones, then their comparisons).
+pub(super) fn finish<S: BuildHasher>(
+    plan: &Plan,
+    groups: &[HashMap<Vec<String>, Acc<S>>],
+    totals: &[Acc<S>],
+    summaries: &HashMap<u64, VisitFacts>,
+    converted: &[HashSet<u64>],
+) -> Computed {
     let cx = |i: usize| Context {
-        summaries: &summaries,
+        summaries,
         converted: &converted[i],
         scale: 1.0 / plan.sample_rate,
     };
@@ -280,7 +300,7 @@ pub async fn run(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Comput
         .map(|(i, acc)| values(plan, acc, &cx(i)))
         .collect();
     let (totals, previous_totals) = all_totals.split_at(current);
-    Ok(Computed {
+    Computed {
         rows,
         row_count,
         totals: totals.to_vec(),
@@ -288,7 +308,7 @@ pub async fn run(store: &dyn Store, site: &SiteId, plan: &Plan) -> Result<Comput
         previous_totals: previous_totals.to_vec(),
         exact: plan.sample_rate >= 1.0,
         source: v1::DataSource::RawEvents,
-    })
+    }
 }
 
 #[cfg(test)]

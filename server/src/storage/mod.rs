@@ -3,6 +3,7 @@
 //! Every backend (the embedded store, ScyllaDB + Redis) implements
 //! these traits and passes the one suite in [`conformance`].
 
+pub mod columns;
 pub mod conformance;
 pub mod embedded;
 pub mod scylla;
@@ -71,6 +72,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Streams a site's events with timestamps in `[from_micros, to_micros)`,
     /// ordered by timestamp, then event id.
     fn scan(&self, site: &SiteId, from_micros: i64, to_micros: i64) -> EventChunks;
+
+    /// The site's events with timestamps in `[from_micros, to_micros)` as
+    /// column batches (see [`columns`]), when the backend keeps columns;
+    /// `None` when it does not, and callers use [`EventStore::scan`].
+    /// Blocking: it lists the batches (and decodes events not yet in columns).
+    fn column_batches(
+        &self,
+        _site: &SiteId,
+        _from_micros: i64,
+        _to_micros: i64,
+    ) -> Option<Result<Vec<Box<dyn columns::ColumnBatch>>, StorageError>> {
+        None
+    }
 
     /// True when several server instances write this store (then no
     /// instance sees every write, and in-memory aggregates cannot be kept).

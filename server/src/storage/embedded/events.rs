@@ -11,8 +11,12 @@
 //! Keyspaces (integers big-endian, times sign-flipped so bytes sort as time):
 //! - `events`: `site_num u32 | minute u64 | pack_seq u64` -> length-delimited
 //!   `StoredEvent`s of that minute, sorted by (timestamp, id); LZ4 blocks on disk.
+//!   Packs of sealed hours move into columnar segments (see [`super::segments`]).
 //! - `pack_ids`: `minute u64 | site_num u32 | pack_seq u64` -> the packs' event
-//!   ids, 16 bytes each: read at start-up to rebuild the dedup window.
+//!   ids, 16 bytes each: read at start-up to rebuild the dedup window. A
+//!   compaction deletes the entries of the packs it moves (the segment's id
+//!   column takes over); erasing events from a segment keeps their ids here,
+//!   under `pack_seq` [`u64::MAX`] of the hour's first minute.
 //! - `meta`: `next_pack_seq`.
 
 use std::collections::HashSet;
@@ -22,6 +26,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::{DAY_MICROS, DedupWindow, fingerprint};
+use super::segments::{self, Tables};
 use crate::domain::{StoredEvent, now_micros};
 use crate::storage::{AppendOutcome, StorageError};
 
@@ -29,7 +34,7 @@ use crate::storage::{AppendOutcome, StorageError};
 const MAX_GROUP_EVENTS: usize = 64 * 1024;
 /// Events per chunk of a scan.
 pub const SCAN_CHUNK: usize = 4096;
-const MINUTE_MICROS: i64 = 60_000_000;
+pub const MINUTE_MICROS: i64 = 60_000_000;
 const NEXT_PACK_SEQ: &str = "next_pack_seq";
 
 /// An event encoded on the caller's task, so the writer only dedups and copies.
@@ -130,15 +135,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Loads the pack sequence and rebuilds the dedup window from `pack_ids`.
+    /// Loads the pack sequence and rebuilds the dedup window from `pack_ids`
+    /// and the id columns of the segments.
     pub fn recover(
-        db: Database,
-        events: Keyspace,
-        pack_ids: Keyspace,
+        tables: &Tables,
         meta: Keyspace,
         window_days: i64,
         reserve: DiskReserve,
     ) -> Result<Self, StorageError> {
+        let (db, events, pack_ids) = (tables.db.clone(), tables.packs.clone(), tables.pack_ids.clone());
         let next_pack_seq = match meta.get(NEXT_PACK_SEQ)? {
             Some(raw) => u64::from_be_bytes(
                 raw.as_ref()
@@ -160,6 +165,9 @@ impl Writer {
                 dedup.insert(fingerprint(site_num, id.try_into().expect("16 bytes")), ts);
             }
         }
+        segments::ids_since(tables, first_minute * MINUTE_MICROS, |site_num, id, ts| {
+            dedup.insert(fingerprint(site_num, &id), ts);
+        })?;
         tracing::info!(ids = dedup.len(), window_days, "dedup window loaded");
         Ok(Self {
             db,
@@ -254,160 +262,21 @@ impl Writer {
     }
 }
 
-/// Streams the events of `site_num` with timestamps in `[from, to)` in (timestamp, id) order.
-pub fn scan(
-    events: &Keyspace,
-    site_num: u32,
-    from_micros: i64,
-    to_micros: i64,
-    out: &mpsc::Sender<Result<Vec<StoredEvent>, StorageError>>,
-) -> Result<(), StorageError> {
-    scan_with(events, site_num, from_micros, to_micros, |chunk| {
-        out.blocking_send(Ok(chunk)).is_ok()
-    })
-}
-
-/// Hands the events of `site_num` with timestamps in `[from, to)` to `emit`
-/// in chunks, in (timestamp, id) order, until `emit` returns false.
-pub fn scan_with(
-    events: &Keyspace,
-    site_num: u32,
-    from_micros: i64,
-    to_micros: i64,
-    mut emit: impl FnMut(Vec<StoredEvent>) -> bool,
-) -> Result<(), StorageError> {
-    if from_micros >= to_micros {
-        return Ok(());
-    }
-    let first_minute = from_micros.div_euclid(MINUTE_MICROS);
-    let last_minute = (to_micros - 1).div_euclid(MINUTE_MICROS);
-    let low = pack_key(site_num, first_minute, 0);
-    let high = pack_key(site_num, last_minute, u64::MAX);
-    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-    // Packs of one minute may come from several groups: merge them by sorting.
-    let mut minute_events: Vec<StoredEvent> = Vec::new();
-    let mut current_minute = None;
-    let flush_minute = |minute_events: &mut Vec<StoredEvent>, chunk: &mut Vec<StoredEvent>| {
-        minute_events.sort_unstable_by(|a, b| (a.ts_micros, &a.event_id).cmp(&(b.ts_micros, &b.event_id)));
-        chunk.extend(
-            minute_events
-                .drain(..)
-                .filter(|e| e.ts_micros >= from_micros && e.ts_micros < to_micros),
-        );
-    };
-    for guard in events.range(low..=high) {
-        let (key, value) = guard.into_inner()?;
-        let minute = key
-            .get(4..12)
-            .map(|m| u64::from_be_bytes(m.try_into().expect("8 bytes")));
-        if current_minute.is_some() && current_minute != minute {
-            flush_minute(&mut minute_events, &mut chunk);
-            if chunk.len() >= SCAN_CHUNK && !emit(std::mem::take(&mut chunk)) {
-                return Ok(()); // the reader went away
-            }
-        }
-        current_minute = minute;
-        let mut bytes = value.as_ref();
-        while !bytes.is_empty() {
-            let event = StoredEvent::decode_length_delimited(&mut bytes)
-                .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
-            minute_events.push(event);
-        }
-    }
-    flush_minute(&mut minute_events, &mut chunk);
-    if !chunk.is_empty() {
-        emit(chunk);
+/// Decodes the length-delimited events of one pack, appending them to `out`.
+pub fn decode_pack(mut bytes: &[u8], out: &mut Vec<StoredEvent>) -> Result<(), StorageError> {
+    while !bytes.is_empty() {
+        let event = StoredEvent::decode_length_delimited(&mut bytes)
+            .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
+        out.push(event);
     }
     Ok(())
 }
 
-/// Rewrites the packs of `site_num` without the events `drop` selects (all
-/// of them: `drop` sees every event of the site, oldest first, and may learn
-/// from the events it has seen, e.g. a user's visitor ids). One durable
-/// batch per 256 packs changed. Returns how many events were deleted.
-pub fn rewrite(
-    db: &Database,
-    events: &Keyspace,
-    site_num: u32,
-    from_micros: i64,
-    to_micros: i64,
-    mut drop: impl FnMut(&StoredEvent) -> bool,
-) -> Result<u64, StorageError> {
-    if from_micros >= to_micros {
-        return Ok(0);
-    }
-    let low = pack_key(site_num, from_micros.div_euclid(MINUTE_MICROS), 0);
-    let high = pack_key(site_num, (to_micros - 1).div_euclid(MINUTE_MICROS), u64::MAX);
-    let mut deleted = 0u64;
-    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
-    let mut changed = 0usize;
-    for guard in events.range(low..=high) {
-        let (key, value) = guard.into_inner()?;
-        let mut bytes = value.as_ref();
-        let mut kept = Vec::with_capacity(bytes.len());
-        let mut dropped = 0u64;
-        while !bytes.is_empty() {
-            let start = bytes;
-            let event = StoredEvent::decode_length_delimited(&mut bytes)
-                .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
-            let encoded = &start[..start.len() - bytes.len()];
-            if drop(&event) {
-                dropped += 1;
-            } else {
-                kept.extend_from_slice(encoded);
-            }
-        }
-        if dropped == 0 {
-            continue;
-        }
-        deleted += dropped;
-        if kept.is_empty() {
-            batch.remove(events, key.to_vec());
-        } else {
-            batch.insert(events, key.to_vec(), kept);
-        }
-        changed += 1;
-        if changed.is_multiple_of(256) {
-            std::mem::replace(&mut batch, db.batch().durability(Some(PersistMode::SyncData))).commit()?;
-        }
-    }
-    batch.commit()?;
-    Ok(deleted)
-}
-
-/// Deletes the packs of `site_num` whose minute ends before `before_micros`;
-/// returns the number of events they held.
-pub fn expire(
-    db: &Database,
-    events: &Keyspace,
-    site_num: u32,
-    before_micros: i64,
-) -> Result<u64, StorageError> {
-    let first_kept_minute = before_micros.div_euclid(MINUTE_MICROS);
-    let low = pack_key(site_num, i64::MIN / MINUTE_MICROS, 0);
-    let high = pack_key(site_num, first_kept_minute, 0);
-    let mut deleted = 0u64;
-    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
-    let mut removed = 0usize;
-    for guard in events.range(low..high) {
-        let (key, value) = guard.into_inner()?;
-        let mut bytes = value.as_ref();
-        while !bytes.is_empty() {
-            let length = prost::encoding::decode_varint(&mut bytes)
-                .map_err(|err| StorageError::Corrupt(format!("event pack: {err}")))?;
-            bytes = bytes
-                .get(length as usize..)
-                .ok_or_else(|| StorageError::Corrupt("event pack cut short".into()))?;
-            deleted += 1;
-        }
-        batch.remove(events, key.to_vec());
-        removed += 1;
-        if removed.is_multiple_of(1024) {
-            std::mem::replace(&mut batch, db.batch().durability(Some(PersistMode::SyncData))).commit()?;
-        }
-    }
-    batch.commit()?;
-    Ok(deleted)
+/// The minute of a pack key.
+pub fn pack_minute(key: &[u8]) -> Result<i64, StorageError> {
+    key.get(4..12)
+        .map(|m| decode_i64(u64::from_be_bytes(m.try_into().expect("8 bytes"))))
+        .ok_or_else(|| StorageError::Corrupt("pack key".into()))
 }
 
 /// Signed integers as big-endian-sortable unsigned ones.
@@ -420,7 +289,7 @@ pub fn decode_i64(encoded: u64) -> i64 {
     (encoded ^ (1 << 63)) as i64
 }
 
-fn pack_key(site_num: u32, minute: i64, seq: u64) -> [u8; 20] {
+pub fn pack_key(site_num: u32, minute: i64, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..4].copy_from_slice(&site_num.to_be_bytes());
     key[4..12].copy_from_slice(&encode_i64(minute).to_be_bytes());
@@ -428,7 +297,7 @@ fn pack_key(site_num: u32, minute: i64, seq: u64) -> [u8; 20] {
     key
 }
 
-fn pack_ids_key(minute: i64, site_num: u32, seq: u64) -> [u8; 20] {
+pub fn pack_ids_key(minute: i64, site_num: u32, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..8].copy_from_slice(&encode_i64(minute).to_be_bytes());
     key[8..12].copy_from_slice(&site_num.to_be_bytes());

@@ -1,11 +1,12 @@
 //! The embedded store: one data directory, no services, built on fjall (an LSM
 //! tree with a write-ahead journal).
 //!
-//! Events are written by one group-committing writer thread (see [`events`]);
-//! sites, keys and the instance secret live in small keyspaces and are served
-//! from memory.
+//! Events are written by one group-committing writer thread as minute packs
+//! (see [`events`]); a compactor thread moves sealed hours into columnar
+//! segments (see [`segments`]); sites, keys and the instance secret live in
+//! small keyspaces and are served from memory.
 //!
-//! Keyspaces besides those of [`events`] (integers big-endian):
+//! Keyspaces besides those of [`events`] and [`segments`] (integers big-endian):
 //! - `sites`: `site_id` -> `site_num u32 | SiteRecord`.
 //! - `keys`: `key_id` -> `KeyRecord`.
 //! - `meta`: `format_version`, `next_site_num`, `instance_secret`, `next_pack_seq`,
@@ -16,6 +17,7 @@
 
 mod dedup;
 mod events;
+mod segments;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,12 +31,19 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::columns::ColumnBatch;
 use super::{AppendOutcome, Erase, EventChunks, EventStore, KeyStore, SessionStore, SiteStore, StorageError};
 use crate::domain::{KeyRecord, SiteId, SiteRecord, StoredEvent};
 use crate::sessions::{self, VisitorVisits};
 
 /// Appends that may wait for the writer before callers are held back.
 const WRITER_QUEUE: usize = 1024;
+/// How often the compactor looks for sealed hours.
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long after its end an hour stays in packs: events of the last
+/// moments of an hour are still arriving, and rewriting the segment for
+/// each of them would waste work.
+const SEAL_AFTER_MICROS: i64 = 2 * 60_000_000;
 
 impl From<fjall::Error> for StorageError {
     fn from(err: fjall::Error) -> Self {
@@ -50,12 +59,15 @@ impl From<fjall::Error> for StorageError {
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    compact_on_append: bool,
     writer: mpsc::Sender<events::WriteJob>,
+    /// Dropping it stops the compactor thread.
+    _compactor: std::sync::mpsc::Sender<()>,
 }
 
 struct Inner {
     db: Database,
-    events: Keyspace,
+    tables: segments::Tables,
     sites: Keyspace,
     keys: Keyspace,
     meta: Keyspace,
@@ -69,6 +81,8 @@ struct Inner {
     meta_lock: Mutex<()>,
     /// Recent visits per (site number, visitor), for visits formed at ingest.
     visits: Mutex<Visits>,
+    /// Serialises compaction, erasure and expiry: each rewrites stored events.
+    maintenance: Mutex<()>,
 }
 
 /// Live visit state, in memory: visitors that sent events within the last
@@ -119,6 +133,9 @@ pub struct EmbeddedOptions {
     /// Free space to leave on the store's disk: a group commit that finds
     /// less is refused (`Unavailable`, retryable) before it writes anything.
     pub min_free_disk_bytes: u64,
+    /// Compact every hour with packs, the current one included, before an
+    /// append returns. Costly; for tests of reads over compacted events.
+    pub compact_on_append: bool,
 }
 
 /// Default [`EmbeddedOptions::min_free_disk_bytes`]: 256 MiB.
@@ -129,6 +146,7 @@ impl Default for EmbeddedOptions {
         Self {
             dedup_window_days: 32,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            compact_on_append: false,
         }
     }
 }
@@ -149,8 +167,19 @@ impl EmbeddedStore {
             KeyspaceCreateOptions::default()
                 .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
         };
+        let uncompressed = || {
+            // Segment columns are compressed column by column already.
+            KeyspaceCreateOptions::default()
+                .data_block_compression_policy(CompressionPolicy::all(CompressionType::None))
+        };
         let inner = Inner {
-            events: db.keyspace("events", compressed)?,
+            tables: segments::Tables {
+                db: db.clone(),
+                packs: db.keyspace("events", compressed)?,
+                heads: db.keyspace("segment_heads", KeyspaceCreateOptions::default)?,
+                columns: db.keyspace("segment_columns", uncompressed)?,
+                pack_ids: db.keyspace("pack_ids", KeyspaceCreateOptions::default)?,
+            },
             sites: db.keyspace("sites", KeyspaceCreateOptions::default)?,
             keys: db.keyspace("keys", KeyspaceCreateOptions::default)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default)?,
@@ -159,16 +188,14 @@ impl EmbeddedStore {
             keys_cache: RwLock::new(KeyCache::default()),
             meta_lock: Mutex::new(()),
             visits: Mutex::new(Visits::default()),
+            maintenance: Mutex::new(()),
         };
         inner.check_format()?;
         inner.load_caches()?;
         inner.load_visits()?;
         let inner = Arc::new(inner);
-        let pack_ids = inner.db.keyspace("pack_ids", KeyspaceCreateOptions::default)?;
         let writer = events::Writer::recover(
-            inner.db.clone(),
-            inner.events.clone(),
-            pack_ids,
+            &inner.tables,
             inner.meta.clone(),
             options.dedup_window_days,
             events::DiskReserve::new(dir, options.min_free_disk_bytes),
@@ -178,10 +205,55 @@ impl EmbeddedStore {
             .name("tally-writer".into())
             .spawn(move || writer.run(jobs))
             .map_err(|err| StorageError::Io(format!("spawn writer thread: {err}")))?;
+        let (compactor, stop) = std::sync::mpsc::channel();
+        let background = inner.clone();
+        std::thread::Builder::new()
+            .name("tally-compactor".into())
+            .spawn(move || {
+                // Runs until the store is dropped (the sender goes away).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(COMPACT_EVERY) {
+                    let sealed_before = crate::domain::now_micros() - SEAL_AFTER_MICROS;
+                    match background.compact(sealed_before, usize::MAX) {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            if let Err(err) = background.reclaim() {
+                                tracing::warn!(error = %err, "reclaiming the space of compacted packs failed");
+                            }
+                        }
+                        Err(err) => tracing::warn!(error = %err, "compaction failed"),
+                    }
+                }
+            })
+            .map_err(|err| StorageError::Io(format!("spawn compactor thread: {err}")))?;
         Ok(Self {
             inner,
+            compact_on_append: options.compact_on_append,
             writer: jobs_tx,
+            _compactor: compactor,
         })
+    }
+
+    /// Compacts now: moves the packs of every hour that ended before
+    /// `sealed_before` into columnar segments (the background compactor does
+    /// this every 30 s for hours that ended two minutes ago), then flushes
+    /// and compacts the underlying LSM trees so that disk space is returned.
+    pub fn compact_now(&self, sealed_before: i64) -> Result<(), StorageError> {
+        self.inner.compact(sealed_before, usize::MAX)?;
+        self.inner.reclaim()?;
+        let tables = &self.inner.tables;
+        for keyspace in [&tables.heads, &tables.columns] {
+            keyspace.major_compact()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes on disk by part: the journal, then each keyspace.
+    pub fn disk_usage(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut parts = vec![("journal".to_owned(), self.inner.db.journal_disk_space()?)];
+        for keyspace in self.inner.keyspaces() {
+            parts.push((keyspace.name().to_string(), keyspace.disk_space()));
+        }
+        Ok(parts)
     }
 
     /// Bytes the store takes on disk.
@@ -210,6 +282,49 @@ impl EmbeddedStore {
 const FORMAT_VERSION: u32 = 1;
 
 impl Inner {
+    fn keyspaces(&self) -> [&Keyspace; 7] {
+        let t = &self.tables;
+        [
+            &t.packs,
+            &t.pack_ids,
+            &t.heads,
+            &t.columns,
+            &self.sites,
+            &self.keys,
+            &self.meta,
+        ]
+    }
+
+    /// Compacts the packs of at most `max_hours` sealed hours; returns how many.
+    fn compact(&self, sealed_before: i64, max_hours: usize) -> Result<usize, StorageError> {
+        let _guard = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+        let started = std::time::Instant::now();
+        let done = segments::compact(&self.tables, sealed_before, max_hours)?;
+        if done.hours > 0 {
+            tracing::info!(
+                hours = done.hours,
+                events = done.events,
+                millis = started.elapsed().as_millis() as u64,
+                "packs compacted into segments"
+            );
+        }
+        Ok(done.hours)
+    }
+
+    /// Returns the disk space of compacted packs: flushes every keyspace (a
+    /// journal file goes once nothing unflushed is in it) and compacts the
+    /// packs and their ids, where the compactor left tombstones. Segments are
+    /// left to the LSM tree's own compaction.
+    fn reclaim(&self) -> Result<(), StorageError> {
+        for keyspace in self.keyspaces() {
+            keyspace.rotate_memtable_and_wait()?;
+        }
+        for keyspace in [&self.tables.packs, &self.tables.pack_ids] {
+            keyspace.major_compact()?;
+        }
+        Ok(())
+    }
+
     /// Stamps a new store with [`FORMAT_VERSION`], or checks an existing one.
     fn check_format(&self) -> Result<(), StorageError> {
         match self.meta.get("format_version")? {
@@ -265,8 +380,8 @@ impl Inner {
         let mut replayed = 0usize;
         for num in nums {
             // Events up to a day ahead are accepted, so look that far too.
-            events::scan_with(
-                &self.events,
+            segments::scan_with(
+                &self.tables,
                 num,
                 now - VISIT_STATE_MICROS,
                 now + 86_400_000_000,
@@ -343,9 +458,14 @@ impl EventStore for EmbeddedStore {
             .send(job)
             .await
             .map_err(|_| StorageError::Unavailable("writer stopped".into()))?;
-        outcome
+        let outcomes = outcome
             .await
-            .map_err(|_| StorageError::Unavailable("writer stopped".into()))?
+            .map_err(|_| StorageError::Unavailable("writer stopped".into()))??;
+        if self.compact_on_append {
+            self.blocking(|inner| inner.compact(i64::MAX, usize::MAX).map(drop))
+                .await?;
+        }
+        Ok(outcomes)
     }
 
     fn scan(&self, site: &SiteId, from_micros: i64, to_micros: i64) -> EventChunks {
@@ -353,12 +473,30 @@ impl EventStore for EmbeddedStore {
         if let Some(site_num) = self.site_num(site) {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(err) = events::scan(&inner.events, site_num, from_micros, to_micros, &tx) {
+                let sent = |chunk| tx.blocking_send(Ok(chunk)).is_ok();
+                if let Err(err) = segments::scan_with(&inner.tables, site_num, from_micros, to_micros, sent) {
                     let _ = tx.blocking_send(Err(err));
                 }
             });
         }
         Box::pin(ReceiverStream::new(rx))
+    }
+
+    fn column_batches(
+        &self,
+        site: &SiteId,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> Option<Result<Vec<Box<dyn ColumnBatch>>, StorageError>> {
+        let Some(site_num) = self.site_num(site) else {
+            return Some(Ok(Vec::new()));
+        };
+        Some(segments::column_batches(
+            &self.inner.tables,
+            site_num,
+            from_micros,
+            to_micros,
+        ))
     }
 
     #[tracing::instrument(name = "store.erase", skip_all, fields(site = %site))]
@@ -368,32 +506,25 @@ impl EventStore for EmbeddedStore {
             .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
         let who = who.clone();
         self.blocking(move |inner| {
+            let _guard = inner.maintenance.lock().unwrap_or_else(|e| e.into_inner());
             let everything = (i64::MIN / 2, i64::MAX / 2);
             match who {
-                Erase::Visitor(visitor) => events::rewrite(
-                    &inner.db,
-                    &inner.events,
-                    site_num,
-                    everything.0,
-                    everything.1,
-                    |e| e.visitor == visitor,
-                ),
+                Erase::Visitor(visitor) => {
+                    segments::rewrite(&inner.tables, site_num, everything.0, everything.1, |e| {
+                        e.visitor == visitor
+                    })
+                }
                 Erase::User(user) => {
                     // First the visitor ids that ever carried the user id, then
                     // every event of those visitors or with the user id.
                     let mut visitors = std::collections::HashSet::new();
-                    events::scan_with(&inner.events, site_num, everything.0, everything.1, |chunk| {
+                    segments::scan_with(&inner.tables, site_num, everything.0, everything.1, |chunk| {
                         visitors.extend(chunk.iter().filter(|e| e.user_id == user).map(|e| e.visitor));
                         true
                     })?;
-                    events::rewrite(
-                        &inner.db,
-                        &inner.events,
-                        site_num,
-                        everything.0,
-                        everything.1,
-                        |e| e.user_id == user || visitors.contains(&e.visitor),
-                    )
+                    segments::rewrite(&inner.tables, site_num, everything.0, everything.1, |e| {
+                        e.user_id == user || visitors.contains(&e.visitor)
+                    })
                 }
             }
         })
@@ -405,8 +536,11 @@ impl EventStore for EmbeddedStore {
         let site_num = self
             .site_num(site)
             .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
-        self.blocking(move |inner| events::expire(&inner.db, &inner.events, site_num, before_micros))
-            .await
+        self.blocking(move |inner| {
+            let _guard = inner.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+            segments::expire(&inner.tables, site_num, before_micros)
+        })
+        .await
     }
 }
 
@@ -595,3 +729,177 @@ impl SessionStore for EmbeddedStore {
 
 /// Prefix of salt names in the `meta` keyspace.
 const SALT_PREFIX: &str = "salt/";
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::domain::{PropValue, StoredMoney, StoredProp};
+
+    const HOUR: i64 = 3_600_000_000;
+    /// An hour boundary three days ago: inside the dedup window.
+    fn base() -> i64 {
+        (crate::domain::now_micros() - 3 * 24 * HOUR).div_euclid(HOUR) * HOUR
+    }
+
+    /// Events over `hours` hours, with most kinds of fields set.
+    fn sample_events(hours: i64) -> Vec<StoredEvent> {
+        let base = base();
+        (0..hours * 40)
+            .map(|n| {
+                let ts = base + n * HOUR / 40 + n * 7;
+                // UUIDv7 ids from the event time, and some that are not.
+                let id = match n % 5 {
+                    0 => uuid::Uuid::from_u128(n as u128 + 1),
+                    _ => uuid::Builder::from_unix_timestamp_millis((ts / 1000) as u64, &[n as u8; 10])
+                        .into_uuid(),
+                };
+                let mut e = StoredEvent {
+                    event_id: id.as_bytes().to_vec(),
+                    ts_micros: ts,
+                    received_micros: ts + 1500 - n,
+                    kind: (n % 3 + 1) as i32,
+                    name: format!("e{}", n % 4),
+                    path: format!("/page/{}", n % 9),
+                    visitor: (n % 11) as u64 * 0x1234_5678_9abc,
+                    session: (n % 13 + 1) as u64,
+                    session_start: ts - n,
+                    country: ["US", "DE", ""][n as usize % 3].into(),
+                    bot: n % 17 == 0,
+                    ..Default::default()
+                };
+                if n % 4 == 0 {
+                    e.properties.insert(
+                        "plan".into(),
+                        StoredProp {
+                            value: Some(PropValue::Str("pro".into())),
+                        },
+                    );
+                    e.revenue = Some(StoredMoney {
+                        currency: "EUR".into(),
+                        units: n,
+                        nanos: 5,
+                    });
+                }
+                e
+            })
+            .collect()
+    }
+
+    async fn scan_all(store: &EmbeddedStore, site: &SiteId) -> Vec<StoredEvent> {
+        let chunks: Vec<Vec<StoredEvent>> = store
+            .scan(site, i64::MIN / 2, i64::MAX / 2)
+            .try_collect()
+            .await
+            .unwrap();
+        chunks.concat()
+    }
+
+    async fn with_site(dir: &Path) -> (EmbeddedStore, SiteId) {
+        let store = EmbeddedStore::open(dir).unwrap();
+        let record = SiteRecord {
+            site_id: "a".into(),
+            ..Default::default()
+        };
+        let _ = crate::storage::SiteStore::insert_site(&store, record)
+            .await
+            .unwrap();
+        (store, SiteId::parse("a").unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_stopped_after_any_hour_loses_and_duplicates_nothing() {
+        let hours = 4;
+        let sent = sample_events(hours);
+        let mut expected = sent.clone();
+        expected.sort_by(|a, b| (a.ts_micros, &a.event_id).cmp(&(b.ts_micros, &b.event_id)));
+        // Every other event first, compacted; the rest arrive late, into
+        // hours that already have a segment.
+        let (early, late): (Vec<_>, Vec<_>) = sent.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+        let strip = |v: Vec<(usize, StoredEvent)>| v.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
+        let (early, late) = (strip(early), strip(late));
+        for stop_after in 0..=hours as usize {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (store, site) = with_site(dir.path()).await;
+                store.append(&site, early.clone()).await.unwrap();
+                store.inner.compact(i64::MAX, usize::MAX).unwrap();
+                store.append(&site, late.clone()).await.unwrap();
+                // The store stops after `stop_after` hours, as a crash
+                // between two hour batches would leave it.
+                store.inner.compact(i64::MAX, stop_after).unwrap();
+            }
+            let (store, site) = with_site(dir.path()).await;
+            assert!(
+                scan_all(&store, &site).await == expected,
+                "stopped after {stop_after} hours"
+            );
+            let again = store.append(&site, sent.clone()).await.unwrap();
+            assert!(again.iter().all(|o| *o == AppendOutcome::Duplicate));
+            store.compact_now(i64::MAX).unwrap();
+            assert!(scan_all(&store, &site).await == expected);
+            let batches = store
+                .column_batches(&site, i64::MIN / 2, i64::MAX / 2)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                batches.len(),
+                hours as usize,
+                "one segment per hour, no packs left"
+            );
+            assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), sent.len());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn erasure_and_expiry_reach_compacted_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site) = with_site(dir.path()).await;
+        let sent = sample_events(3);
+        store.append(&site, sent.clone()).await.unwrap();
+        store.compact_now(i64::MAX).unwrap();
+        let visitor = sent[1].visitor;
+        let erased = store.erase(&site, &Erase::Visitor(visitor)).await.unwrap();
+        assert_eq!(
+            erased as usize,
+            sent.iter().filter(|e| e.visitor == visitor).count()
+        );
+        // The cut falls inside the second hour: its earlier minutes go too.
+        let cut = sent[0].ts_micros + HOUR + HOUR / 2;
+        let expired = store.expire(&site, cut).await.unwrap();
+        let kept: Vec<&StoredEvent> = sent.iter().filter(|e| e.visitor != visitor).collect();
+        let expected_expired = kept
+            .iter()
+            .filter(|e| e.ts_micros.div_euclid(60_000_000) * 60_000_000 < cut)
+            .count();
+        assert_eq!(expired as usize, expected_expired);
+        let left = scan_all(&store, &site).await;
+        assert_eq!(left.len(), kept.len() - expected_expired);
+        assert!(left.iter().all(|e| e.visitor != visitor && e.ts_micros >= cut));
+        let again = store.append(&site, vec![sent[1].clone()]).await.unwrap();
+        assert_eq!(again, vec![AppendOutcome::Duplicate], "erased ids stay known");
+        drop(store);
+        let (store, site) = with_site(dir.path()).await;
+        let again = store
+            .append(&site, vec![sent[1].clone(), left[0].clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            vec![AppendOutcome::Duplicate, AppendOutcome::Duplicate],
+            "erased and compacted ids stay known after a restart"
+        );
+        let erased_hours: std::collections::BTreeSet<i64> = sent
+            .iter()
+            .filter(|e| e.visitor == visitor)
+            .map(|e| e.ts_micros.div_euclid(HOUR))
+            .collect();
+        let pack_ids = store.inner.tables.pack_ids.iter().count();
+        assert_eq!(
+            pack_ids,
+            erased_hours.len(),
+            "erased ids are kept per hour, the rest in segments"
+        );
+    }
+}
