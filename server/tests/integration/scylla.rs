@@ -271,6 +271,55 @@ async fn a_retry_landing_on_the_other_instance_is_a_duplicate() {
     stop_all(a, b, &options).await;
 }
 
+/// A request that died while writing its events (`kill -9`, a timeout, a
+/// failed Redis round trip after the write) leaves their claims pending; once
+/// past their deadline the next claim rechecks the rows in Cassandra: the
+/// events whose rows landed are duplicates, the others are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_request_died_mid_write_is_a_duplicate_for_what_it_stored() {
+    let (a, b, ingest, query, options) = two_instances("died").await;
+    let now = now_micros();
+    let landed: Vec<v1::Event> = (0..20u128)
+        .map(|n| pageview(3000 + n, now - n as i64 * 1_000_000, "https://s.example/a", "ann"))
+        .collect();
+    let lost: Vec<v1::Event> = (0..5u128)
+        .map(|n| pageview(4000 + n, now - n as i64 * 1_000_000, "https://s.example/b", "bob"))
+        .collect();
+    assert_eq!(track(&a, &ingest, landed.clone()).await.accepted, 20);
+    // The dead request's claims: pending past their deadline, on the events
+    // it wrote and on the ones it did not get to write.
+    let client = redis::Client::open(options.redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for event in landed.iter().chain(&lost) {
+        let mut key = format!("{}d:s:", options.redis_prefix).into_bytes();
+        key.extend_from_slice(uuid::Uuid::parse_str(&event.event_id).unwrap().as_bytes());
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("p1")
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let resend: Vec<v1::Event> = landed.iter().chain(&lost).cloned().collect();
+    let again = track(&b, &ingest, resend.clone()).await;
+    assert_eq!((again.accepted, again.duplicates), (5, 20));
+    assert!(
+        again.results[..20]
+            .iter()
+            .all(|r| r.verdict() == v1::Verdict::Duplicate)
+    );
+    // Settled now: a third send is all duplicates, and every event is stored once.
+    let third = track(&a, &ingest, resend).await;
+    assert_eq!((third.accepted, third.duplicates), (0, 25));
+    assert_eq!(export(&a).await.len(), 25, "stored once each");
+    let live = realtime_of(&b, &query).await;
+    let pageviews: i64 = live.minutes.iter().map(|m| m.pageviews).sum();
+    assert_eq!(pageviews, 25, "counted once each");
+    stop_all(a, b, &options).await;
+}
+
 /// A TCP proxy in front of a server, which can cut every connection (and
 /// refuse new ones) and later let them through again: the server becomes
 /// unreachable without being stopped.

@@ -1,21 +1,28 @@
 //! Duplicate detection in Redis: one key per event id, claimed before the
 //! event is written to Cassandra and marked done once it is durable there.
 //!
-//! A key is `<prefix>d:<site>:<16 id bytes>` with the value `p` (pending: a
-//! request is writing the event, for at most [`CLAIM_TTL`]) or `d` (stored;
-//! kept until the event's timestamp leaves the dedup window). An append
-//! claims its events' keys in one pipeline:
-//! - a new key is claimed (`p`) and the event written;
-//! - a `d` key means the event is stored: a duplicate;
-//! - a `p` key means another request (on any instance) is writing that event
-//!   right now, or died doing so: the append waits for that request's outcome
-//!   (`d`: a duplicate; the key given back after a failed write, or expired:
-//!   claim it again), and fails with a retryable error if that takes too long.
+//! A key is `<prefix>d:<site>:<16 id bytes>`; it lives as long as the event's
+//! timestamp is inside the dedup window, and holds
+//! - `d`: the event is stored;
+//! - `p<deadline>`: a request is writing the event, until `deadline` (Unix
+//!   milliseconds, [`CLAIM_TTL`] after the claim), or died doing so, or gave
+//!   the claim back (deadline 0).
+//!
+//! An append claims its events' keys in one script call ([`CLAIM_SCRIPT`]):
+//! - a new key is claimed and the event written;
+//! - `d` means the event is stored: a duplicate;
+//! - a pending claim before its deadline means another request (on any
+//!   instance) is writing that event right now: the append waits for that
+//!   request's outcome, and fails with a retryable error if that takes too
+//!   long;
+//! - a pending claim past its deadline (its request crashed, timed out or
+//!   failed) is taken over: the write may have landed, so the taker reads the
+//!   event's row in Cassandra first ([`Claim::Recheck`]). A resend after a
+//!   crash mid-write is therefore a duplicate, as on the embedded store.
 //!
 //! Cassandra stays the backstop: the row key of an event is (site, hour,
-//! timestamp, id), so writing the same event twice (a claim that expired
-//! after a write that did land, or Redis losing its data) overwrites one row
-//! and counts once.
+//! timestamp, id), so writing the same event twice (after Redis lost its
+//! data) overwrites one row and counts once.
 
 use std::time::Duration;
 
@@ -34,15 +41,45 @@ pub const CLAIM_TTL: Duration = Duration::from_secs(30);
 pub enum Claim {
     /// Newly claimed: write the event.
     Claimed,
+    /// Claimed from a request that did not finish: the event may be stored
+    /// already; read its row before writing it.
+    Recheck,
     /// Stored before: a duplicate.
     Stored,
     /// Being written by another request.
     Pending,
 }
 
-/// The claim keys of one site.
+/// Claims keys in one call. `KEYS`: the claim keys; `ARGV[1]`: now (Unix
+/// ms); `ARGV[2]`: the deadline of a new claim; `ARGV[2 + i]`: key i's time
+/// to live (ms). Returns per key 0 (claimed), 1 (recheck), 2 (stored), 3
+/// (pending). Values of an older layout (`p` without a deadline) count as
+/// past their deadline.
+const CLAIM_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local claim = 'p' .. ARGV[2]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if not value then
+    redis.call('SET', key, claim, 'PX', ARGV[2 + i])
+    out[i] = 0
+  elseif value == 'd' then
+    out[i] = 2
+  elseif (tonumber(string.sub(value, 2)) or 0) > now then
+    out[i] = 3
+  else
+    redis.call('SET', key, claim, 'KEEPTTL')
+    out[i] = 1
+  end
+end
+return out
+";
+
+/// The claim keys of a deployment.
 pub struct Claims {
     prefix: Vec<u8>,
+    script: redis::Script,
 }
 
 impl Claims {
@@ -50,6 +87,7 @@ impl Claims {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: format!("{prefix}d:").into_bytes(),
+            script: redis::Script::new(CLAIM_SCRIPT),
         }
     }
 
@@ -63,59 +101,39 @@ impl Claims {
         key
     }
 
-    /// Claims every key: one pipeline of `SET NX` (each atomic on its own,
-    /// which is all a claim needs), and one of `GET` for the keys that were
-    /// taken, to tell stored from pending.
+    /// Claims every key (with its time to live, ms) in one round trip.
     pub async fn claim(
         &self,
         redis: &mut ConnectionManager,
-        keys: &[Vec<u8>],
+        keys: &[(Vec<u8>, u64)],
     ) -> Result<Vec<Claim>, StorageError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("SET")
-                .arg(key.as_slice())
-                .arg("p")
-                .arg("NX")
-                .arg("PX")
-                .arg(CLAIM_TTL.as_millis() as u64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(now).arg(now + CLAIM_TTL.as_millis() as u64);
+        for (key, ttl_millis) in keys {
+            invocation
+                .key(key.as_slice())
+                .arg((*ttl_millis).max(CLAIM_TTL.as_millis() as u64));
         }
-        let set: Vec<Option<String>> = pipe
-            .query_async(redis)
+        let found: Vec<u8> = invocation
+            .invoke_async(redis)
             .await
             .map_err(|err| redis_error("claim event ids", err))?;
-        let mut claims: Vec<Claim> = set
-            .iter()
-            .map(|ok| {
-                if ok.is_some() {
-                    Claim::Claimed
-                } else {
-                    Claim::Pending
-                }
+        Ok(found
+            .into_iter()
+            .map(|code| match code {
+                0 => Claim::Claimed,
+                1 => Claim::Recheck,
+                2 => Claim::Stored,
+                _ => Claim::Pending,
             })
-            .collect();
-        let taken: Vec<usize> = (0..keys.len()).filter(|&i| claims[i] == Claim::Pending).collect();
-        if taken.is_empty() {
-            return Ok(claims);
-        }
-        let mut pipe = redis::pipe();
-        for &i in &taken {
-            pipe.cmd("GET").arg(keys[i].as_slice());
-        }
-        let values: Vec<Option<String>> = pipe
-            .query_async(redis)
-            .await
-            .map_err(|err| redis_error("read event id claims", err))?;
-        for (&i, value) in taken.iter().zip(values) {
-            // Gone meanwhile (given back or expired): pending, claimed again on the next round.
-            if value.as_deref() == Some("d") {
-                claims[i] = Claim::Stored;
-            }
-        }
-        Ok(claims)
+            .collect())
     }
 
     /// Adds to `pipe` the commands that mark claimed keys as stored, each
@@ -134,9 +152,9 @@ impl Claims {
 
 /// Claims that an append holds: given back when it ends without settling
 /// them, on an error or when the request is dropped mid-way (a client that
-/// gave up), so that its retry need not wait for [`CLAIM_TTL`]. Giving back
-/// is safe even if the write landed after all: writing the event again
-/// overwrites the same row.
+/// gave up), so that its retry need not wait for [`CLAIM_TTL`]. A claim given
+/// back is pending with a deadline in the past: the next claim of the event
+/// rechecks its row, since the write may have landed after all.
 pub struct Held {
     redis: ConnectionManager,
     keys: Vec<Vec<u8>>,
@@ -175,7 +193,12 @@ impl Drop for Held {
         runtime.spawn(async move {
             let mut pipe = redis::pipe();
             for key in &keys {
-                pipe.cmd("DEL").arg(key.as_slice()).ignore();
+                pipe.cmd("SET")
+                    .arg(key.as_slice())
+                    .arg("p0")
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .ignore();
             }
             if let Err(error) = pipe.query_async::<()>(&mut redis).await {
                 tracing::warn!(%error, claims = keys.len(), "claims not given back; they expire by themselves");

@@ -216,6 +216,7 @@ struct Statements {
     select_buckets: PreparedStatement,
     select_events: PreparedStatement,
     delete_event: PreparedStatement,
+    select_event_key: PreparedStatement,
     delete_partition: PreparedStatement,
     delete_bucket: PreparedStatement,
     insert_site: PreparedStatement,
@@ -264,6 +265,10 @@ impl Statements {
             select_events,
             delete_event: prepare(format!(
                 "DELETE FROM {ks}.events WHERE site = ? AND bucket = ? AND ts = ? AND id = ?"
+            ))
+            .await?,
+            select_event_key: prepare(format!(
+                "SELECT id FROM {ks}.events WHERE site = ? AND bucket = ? AND ts = ? AND id = ?"
             ))
             .await?,
             delete_partition: prepare(format!("DELETE FROM {ks}.events WHERE site = ? AND bucket = ?"))
@@ -438,6 +443,36 @@ impl ScyllaStore {
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         sites.insert(site.to_string(), (ttl, Instant::now()));
         Ok(ttl)
+    }
+
+    /// Whether each event's row is in `events` (read by its whole key).
+    async fn rows_exist(&self, site: &SiteId, events: &[&StoredEvent]) -> Result<Vec<bool>, StorageError> {
+        let mut reads: Vec<futures::future::BoxFuture<'_, Result<bool, StorageError>>> = Vec::new();
+        for event in events {
+            let event: &StoredEvent = event;
+            reads.push(Box::pin(async move {
+                let rows = self
+                    .session
+                    .execute_unpaged(
+                        &self.statements.select_event_key,
+                        (
+                            site.as_str(),
+                            event.ts_micros.div_euclid(BUCKET_MICROS),
+                            event.ts_micros,
+                            event.event_id.as_slice(),
+                        ),
+                    )
+                    .await
+                    .map_err(|err| cql_error("read an event's row", err))?
+                    .into_rows_result()
+                    .map_err(corrupt("event row"))?;
+                Ok(rows.rows_num() > 0)
+            }));
+        }
+        futures::stream::iter(reads)
+            .buffered(WRITE_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Writes events (already claimed) and the index rows of their hours.
@@ -669,19 +704,28 @@ impl EventStore for ScyllaStore {
         let firsts: Vec<usize> = (0..events.len())
             .filter(|&i| seen.insert(events[i].event_id.as_slice()))
             .collect();
-        let keys: Vec<Vec<u8>> = firsts
+        // Each claim lives while its event is inside the dedup window.
+        let now = now_micros();
+        let keys: Vec<(Vec<u8>, u64)> = firsts
             .iter()
-            .map(|&i| self.claims.key(site.as_str(), &events[i].event_id))
+            .map(|&i| {
+                let ttl_micros = (events[i].ts_micros + self.dedup_window_micros - now).max(60_000_000);
+                (
+                    self.claims.key(site.as_str(), &events[i].event_id),
+                    (ttl_micros / 1000) as u64,
+                )
+            })
             .collect();
         let mut redis = self.redis.clone();
         let mut found = self.claims.claim(&mut redis, &keys).await?;
         let mut held = claims::Held::new(redis.clone());
-        for k in (0..firsts.len()).filter(|&k| found[k] == Claim::Claimed) {
-            held.push(keys[k].clone());
+        let owned = |claim: Claim| matches!(claim, Claim::Claimed | Claim::Recheck);
+        for k in (0..firsts.len()).filter(|&k| owned(found[k])) {
+            held.push(keys[k].0.clone());
         }
         // Ids that another request is writing right now: wait for its outcome
-        // (stored: a duplicate; given back or expired: claim them again).
-        // Every early return below gives our claims back (`held`).
+        // (stored: a duplicate; given back or past its deadline: claim them
+        // again). Every early return below gives our claims back (`held`).
         let mut waiting: Vec<usize> = (0..firsts.len())
             .filter(|&k| found[k] == Claim::Pending)
             .collect();
@@ -699,43 +743,57 @@ impl EventStore for ScyllaStore {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
-            let again: Vec<Vec<u8>> = waiting.iter().map(|&k| keys[k].clone()).collect();
+            let again: Vec<(Vec<u8>, u64)> = waiting.iter().map(|&k| keys[k].clone()).collect();
             let result = self.claims.claim(&mut redis, &again).await?;
             for (&k, claim) in waiting.iter().zip(result) {
-                if claim == Claim::Claimed {
-                    held.push(keys[k].clone());
+                if owned(claim) {
+                    held.push(keys[k].0.clone());
                 }
                 found[k] = claim;
             }
             waiting.retain(|&k| found[k] == Claim::Pending);
+        }
+        // Claims taken over from a request that did not finish: the events
+        // whose rows are there were stored by it (duplicates now).
+        let rechecked: Vec<usize> = (0..firsts.len())
+            .filter(|&k| found[k] == Claim::Recheck)
+            .collect();
+        let present = self
+            .rows_exist(
+                site,
+                &rechecked.iter().map(|&k| &events[firsts[k]]).collect::<Vec<_>>(),
+            )
+            .await?;
+        let mut found_stored = Vec::new();
+        for (&k, present) in rechecked.iter().zip(present) {
+            if present {
+                found_stored.push(k);
+            } else {
+                found[k] = Claim::Claimed;
+            }
         }
         let claimed: Vec<usize> = (0..firsts.len())
             .filter(|&k| found[k] == Claim::Claimed)
             .collect();
         let to_write: Vec<&StoredEvent> = claimed.iter().map(|&k| &events[firsts[k]]).collect();
         self.write_events(site, ttl_secs, &to_write).await?;
-        let now = now_micros();
-        let stored: Vec<(Vec<u8>, u64)> = claimed
-            .iter()
-            .map(|&k| {
-                let ts = events[firsts[k]].ts_micros;
-                let ttl_micros = (ts + self.dedup_window_micros - now).max(60_000_000);
-                (keys[k].clone(), (ttl_micros / 1000) as u64)
-            })
-            .collect();
         // One pipeline marks the ids stored and the hours changed (for the
-        // rollups and the report cache of every instance). Should it fail,
-        // the append fails although the events are durable: the claims are
-        // given back, and the client's retry writes the same rows again and
-        // marks them, so no hour is left unmarked behind an acknowledgment.
-        if !stored.is_empty() {
+        // rollups and the report cache of every instance), the hours of
+        // events found stored included: the request that wrote them may have
+        // died before marking them. Should it fail, the append fails although
+        // the events are durable: the claims are given back, and the client's
+        // retry finds the rows and marks them, so no hour is left unmarked
+        // behind an acknowledgment.
+        let settled: Vec<usize> = claimed.iter().chain(&found_stored).copied().collect();
+        if !settled.is_empty() {
+            let stored: Vec<(Vec<u8>, u64)> = settled.iter().map(|&k| keys[k].clone()).collect();
             let mut pipe = redis::pipe();
             self.claims.mark_stored(&mut pipe, &stored);
             self.marks.touch(
                 &mut pipe,
                 site.as_str(),
-                to_write.iter().map(|e| e.ts_micros),
-                now,
+                settled.iter().map(|&k| events[firsts[k]].ts_micros),
+                now_micros(),
             );
             pipe.query_async::<()>(&mut redis)
                 .await
