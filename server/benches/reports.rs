@@ -160,26 +160,31 @@ async fn ingest(addr: SocketAddr, key: &str, events: usize) -> (usize, f64) {
         end_ms: now_ms - 60_000,
         domain: "bench.example".into(),
     });
-    let all: Vec<v1::Event> = data.events.iter().map(|p| data.event(p)).collect();
-    drop(data);
+    // Events are built from the (compact) plan as the streams send them, so
+    // 10M events never sit in memory as messages.
+    let data = std::sync::Arc::new(data);
+    let total = data.events.len();
     let started = Instant::now();
     let streams = 4;
-    let per = all.len().div_ceil(streams);
+    let per = total.div_ceil(streams);
     let mut tasks = Vec::new();
-    for part in all.chunks(per).map(<[v1::Event]>::to_vec) {
+    for first in (0..total).step_by(per) {
+        let end = (first + per).min(total);
         let channel = connect(addr).await;
         let key = key.to_owned();
+        let data = data.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = v1::ingest_service_client::IngestServiceClient::new(channel);
-            let requests: Vec<v1::TrackRequest> = part
-                .chunks(100)
-                .map(|c| v1::TrackRequest {
+            let requests =
+                futures::stream::iter((first..end).step_by(100)).map(move |from| v1::TrackRequest {
                     site_id: "bench".into(),
-                    events: c.to_vec(),
-                })
-                .collect();
+                    events: data.events[from..(from + 100).min(end)]
+                        .iter()
+                        .map(|p| data.event(p))
+                        .collect(),
+                });
             let response = client
-                .track_stream(authed(&key, futures::stream::iter(requests)))
+                .track_stream(authed(&key, requests))
                 .await
                 .unwrap()
                 .into_inner();
