@@ -40,10 +40,8 @@ else
   report_events=10000000 report_runs=50 footprint_events=10000000 scylla_events=200000
 fi
 
-# Cassandra and redis-server start in the background while the benches build.
 source tests/services.sh
 trap services_stop EXIT
-services_start
 
 echo "bench: building the benchmarks (release profile) ..."
 cargo bench --locked -p tally-server --no-run 2>&1 | grep -v '^ *\(Compiling\|Executable\)' || true
@@ -68,6 +66,9 @@ run enrich BENCH_EVENTS=$enrich_events
 run realtime BENCH_SECONDS=$realtime_seconds
 run reports BENCH_EVENTS=$report_events BENCH_RUNS=$report_runs
 run footprint BENCH_EVENTS=$footprint_events
+# Cassandra and redis-server only now, so that they take nothing from the
+# benches before.
+services_start
 services_wait
 run ingest_scylla BENCH_EVENTS=$scylla_events TALLY_TEST_CQL="$TALLY_TEST_CQL" TALLY_TEST_REDIS="$TALLY_TEST_REDIS"
 services_stop
