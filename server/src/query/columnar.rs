@@ -113,14 +113,38 @@ impl Cond {
         })
     }
 
-    fn eval(&self, event: usize, leaves: &[(Vec<bool>, Column)]) -> bool {
+    /// Whether each of the batch's `len` events passes: one tight loop per
+    /// node over the whole batch, not a walk of the tree per event.
+    fn eval(&self, len: usize, leaves: &[(Vec<bool>, Column)]) -> Vec<bool> {
         match self {
-            Self::All(all) => all.iter().all(|c| c.eval(event, leaves)),
-            Self::Any(any) => any.iter().any(|c| c.eval(event, leaves)),
-            Self::Not(inner) => !inner.eval(event, leaves),
+            Self::All(all) => {
+                let mut pass = vec![true; len];
+                for c in all {
+                    for (p, q) in pass.iter_mut().zip(c.eval(len, leaves)) {
+                        *p &= q;
+                    }
+                }
+                pass
+            }
+            Self::Any(any) => {
+                let mut pass = vec![false; len];
+                for c in any {
+                    for (p, q) in pass.iter_mut().zip(c.eval(len, leaves)) {
+                        *p |= q;
+                    }
+                }
+                pass
+            }
+            Self::Not(inner) => {
+                let mut pass = inner.eval(len, leaves);
+                for p in &mut pass {
+                    *p = !*p;
+                }
+                pass
+            }
             Self::Leaf(i) => {
                 let (table, column) = &leaves[*i];
-                table[column.codes()[event] as usize]
+                column.codes().iter().map(|c| table[*c as usize]).collect()
             }
         }
     }
@@ -281,8 +305,17 @@ impl<'p> Worker<'p> {
         let whole = ranges.iter().all(|(from, to)| low >= *from && high < *to);
         let needs_ts = !whole || self.dims.iter().any(|d| matches!(d, Source::Time));
 
-        // First the events that count and pass the filter: when none do, the
+        // First the events that pass the filter and count: when none do, the
         // other columns are not read.
+        let mut leaves = Vec::with_capacity(self.leaves.len());
+        for l in 0..self.leaves.len() {
+            let column = batch.column(&self.leaves[l].0)?;
+            leaves.push((self.leaf_table(l, &column)?, column));
+        }
+        let passes = self.cond.map(|cond| cond.eval(batch.len(), &leaves));
+        if passes.as_ref().is_some_and(|p| !p.contains(&true)) {
+            return Ok(());
+        }
         let kind = batch.column("kind")?;
         let kinds: Vec<(bool, bool)> = (0..kind.distinct() as u32)
             .map(|code| {
@@ -303,21 +336,21 @@ impl<'p> Worker<'p> {
                 Some((table, column))
             }
         };
-        let mut leaves = Vec::with_capacity(self.leaves.len());
-        for l in 0..self.leaves.len() {
-            let column = batch.column(&self.leaves[l].0)?;
-            leaves.push((self.leaf_table(l, &column)?, column));
+        // Branch-free: every index is written, the count moves only for the
+        // events that pass (which ones do is data, not predictable).
+        let mut selected = vec![0u32; batch.len()];
+        let mut count = 0;
+        let kind_codes = kind.codes();
+        for i in 0..batch.len() {
+            let pass = passes.as_ref().is_none_or(|p| p[i])
+                & kinds[kind_codes[i] as usize].0
+                & !bots
+                    .as_ref()
+                    .is_some_and(|(table, c)| table[c.codes()[i] as usize]);
+            selected[count] = i as u32;
+            count += usize::from(pass);
         }
-        let mut selected: Vec<u32> = (0..batch.len() as u32)
-            .filter(|i| {
-                let i = *i as usize;
-                kinds[kind.codes()[i] as usize].0
-                    && !bots
-                        .as_ref()
-                        .is_some_and(|(table, c)| table[c.codes()[i] as usize])
-                    && self.cond.is_none_or(|cond| cond.eval(i, &leaves))
-            })
-            .collect();
+        selected.truncate(count);
         if selected.is_empty() {
             return Ok(());
         }

@@ -325,7 +325,13 @@ impl Column {
                     .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             ),
         }
-        if column.codes.iter().any(|c| *c as usize >= distinct) {
+        if column
+            .codes
+            .iter()
+            .copied()
+            .max()
+            .is_some_and(|c| c as usize >= distinct)
+        {
             return Err(corrupt());
         }
         Ok(column)
