@@ -98,15 +98,30 @@ struct Visits {
 /// that arrive later than this start a new visit.
 const VISIT_STATE_MICROS: i64 = 2 * 3_600_000_000;
 
+/// How long the state of a visitor whose events are all older than
+/// [`VISIT_STATE_MICROS`] by their own timestamps (an import of old events)
+/// is kept after its last event arrived: long enough for the rest of its
+/// visit in a time-ordered import. A restart keeps no such state either: it
+/// rebuilds the visits of the window by timestamp.
+const OLD_VISIT_STATE_MICROS: i64 = 5 * 60_000_000;
+
 impl Visits {
-    /// Forgets visitors idle for longer than the window, at most once a minute.
+    /// Forgets visitors idle for longer than the window, and those of old
+    /// events soon after they arrived, at most once a minute.
     fn sweep(&mut self, now: i64) {
         if now - self.last_sweep < 60_000_000 {
             return;
         }
         self.last_sweep = now;
-        self.by_visitor
-            .retain(|_, (_, touched)| *touched > now - VISIT_STATE_MICROS);
+        self.by_visitor.retain(|_, (state, touched)| {
+            *touched > now - VISIT_STATE_MICROS
+                && (*touched > now - OLD_VISIT_STATE_MICROS
+                    || state.visits.iter().any(|v| v.last > now - VISIT_STATE_MICROS))
+        });
+        // An import leaves a large table behind: give its memory back.
+        if self.by_visitor.len() < self.by_visitor.capacity() / 4 {
+            self.by_visitor.shrink_to_fit();
+        }
     }
 }
 
@@ -736,6 +751,36 @@ mod tests {
 
     use super::*;
     use crate::domain::{PropValue, StoredMoney, StoredProp};
+
+    #[test]
+    fn visit_state_of_old_events_goes_soon_after_they_arrive() {
+        let now = 1_000 * 86_400_000_000;
+        let minute = 60_000_000;
+        let state = |last: i64| VisitorVisits {
+            visits: vec![crate::sessions::VisitState {
+                id: 1,
+                start: last,
+                first: last,
+                last,
+                campaign: String::new(),
+                client_session: String::new(),
+            }],
+        };
+        let mut visits = Visits::default();
+        let month = 30 * 86_400_000_000;
+        for (visitor, last, touched) in [
+            (1, now - month, now - 6 * minute),          // imported 6 minutes ago: gone
+            (2, now - month, now - 2 * minute),          // imported 2 minutes ago: kept
+            (3, now - 10 * minute, now - 10 * minute),   // live, idle 10 minutes: kept
+            (4, now - 180 * minute, now - 180 * minute), // idle past the window: gone
+        ] {
+            visits.by_visitor.insert((1, visitor), (state(last), touched));
+        }
+        visits.sweep(now);
+        let mut kept: Vec<u64> = visits.by_visitor.keys().map(|(_, v)| *v).collect();
+        kept.sort();
+        assert_eq!(kept, [2, 3]);
+    }
 
     const HOUR: i64 = 3_600_000_000;
     /// An hour boundary three days ago: inside the dedup window.
