@@ -227,6 +227,12 @@ impl EmbeddedStore {
             .spawn(move || {
                 // Runs until the store is dropped (the sender goes away).
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(COMPACT_EVERY) {
+                    // Ingest sweeps the visit state too, but only while events come.
+                    background
+                        .visits
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sweep(crate::domain::now_micros());
                     let sealed_before = crate::domain::now_micros() - SEAL_AFTER_MICROS;
                     match background.compact(sealed_before, usize::MAX) {
                         Ok(0) => {}
