@@ -2,7 +2,7 @@
 # Every performance figure of the brief in one run, printed as one table with
 # its target and whether it is met.
 #
-#   bash tests/bench.sh            # full: 10M-event reports and footprint (about an hour on 2 cores)
+#   bash tests/bench.sh            # full: 10M-event reports and footprint (about 15 minutes on 2 cores once built)
 #   bash tests/bench.sh --quick    # small sizes, a few minutes once built
 #
 # It builds the benchmarks once, then runs, each next to its baseline in the
