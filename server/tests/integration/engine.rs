@@ -187,17 +187,7 @@ pub async fn rollups_agree_with_raw_events(server: &TestServer) {
         .map(|(p, (n, v))| (p.to_owned(), n, v.len() as i64))
         .collect();
     expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let got: Vec<(String, i64, i64)> = top
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                r.dimension_values[0].clone(),
-                int(&r.metric_values[0]),
-                int(&r.metric_values[1]),
-            )
-        })
-        .collect();
+    let got = two_int_rows(&top.rows);
     assert_eq!(got, expected[..3]);
     // Five pages viewed, and /checkout where the purchases happened.
     assert_eq!(top.row_count, 6);

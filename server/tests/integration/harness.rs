@@ -181,6 +181,34 @@ pub fn int(value: &v1::MetricValue) -> i64 {
     }
 }
 
+/// Rows of one dimension and two integer metrics, as (value, first, second).
+pub fn two_int_rows(rows: &[v1::Row]) -> Vec<(String, i64, i64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.dimension_values[0].clone(),
+                int(&r.metric_values[0]),
+                int(&r.metric_values[1]),
+            )
+        })
+        .collect()
+}
+
+/// The realtime report of site "s", with up to 100 entries per top list.
+pub async fn realtime(server: &TestServer, key: &str, include_bots: bool) -> v1::RealtimeReport {
+    let request = v1::RunRealtimeReportRequest {
+        site_id: "s".into(),
+        top_limit: 100,
+        include_bots,
+    };
+    server
+        .query()
+        .run_realtime_report(authed(key, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 pub fn standard(d: v1::Dimension) -> v1::DimensionSpec {
     v1::DimensionSpec {
         kind: Some(v1::dimension_spec::Kind::Standard(d as i32)),

@@ -162,20 +162,6 @@ fn check(report: &v1::RealtimeReport, sent: &[Sent], include_bots: bool) {
     }
 }
 
-async fn realtime(server: &TestServer, key: &str, include_bots: bool) -> v1::RealtimeReport {
-    let request = v1::RunRealtimeReportRequest {
-        site_id: "s".into(),
-        top_limit: 100,
-        include_bots,
-    };
-    server
-        .query()
-        .run_realtime_report(authed(key, request))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn site_with_keys(server: &TestServer) -> (String, String) {
     server.site("s", "UTC").await;
     let ingest = server.key(v1::KeyKind::Ingest, &["s"]).await;

@@ -52,16 +52,7 @@ async fn days_follow_the_site_time_zone_across_dst() {
         ..Default::default()
     };
     let rows = report(&server, request.clone()).await.rows;
-    let got: Vec<(String, i64, i64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.dimension_values[0].clone(),
-                int(&r.metric_values[0]),
-                int(&r.metric_values[1]),
-            )
-        })
-        .collect();
+    let got = two_int_rows(&rows);
     let prev = (day - chrono::Days::new(1)).format("%Y-%m-%d").to_string();
     assert_eq!(
         got,

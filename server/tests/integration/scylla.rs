@@ -108,19 +108,6 @@ async fn track(server: &TestServer, key: &str, events: Vec<v1::Event>) -> v1::Tr
 }
 
 /// The realtime report of site "s" on `server`.
-async fn realtime_of(server: &TestServer, key: &str) -> v1::RealtimeReport {
-    let request = v1::RunRealtimeReportRequest {
-        site_id: "s".into(),
-        ..Default::default()
-    };
-    server
-        .query()
-        .run_realtime_report(authed(key, request))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Every stored event of site "s" in the last two hours, in time order.
 async fn export(server: &TestServer) -> Vec<v1::RecordedEvent> {
     let now = now_micros();
@@ -243,7 +230,7 @@ async fn a_watch_on_one_instance_sees_events_ingested_on_the_other() {
     assert_eq!(report.top_pages[0].value, "/from-b");
     assert_eq!(report.top_pages[0].pageviews, 3);
     // B's own view counts them once, not once more through the channel.
-    let own = realtime_of(&b, &query).await;
+    let own = realtime(&b, &query, false).await;
     assert_eq!(own.top_pages[0].pageviews, 3);
     stop_all(a, b, &options).await;
 }
@@ -314,7 +301,7 @@ async fn a_retry_after_a_request_died_mid_write_is_a_duplicate_for_what_it_store
     let third = track(&a, &ingest, resend).await;
     assert_eq!((third.accepted, third.duplicates), (0, 25));
     assert_eq!(export(&a).await.len(), 25, "stored once each");
-    let live = realtime_of(&b, &query).await;
+    let live = realtime(&b, &query, false).await;
     let pageviews: i64 = live.minutes.iter().map(|m| m.pageviews).sum();
     assert_eq!(pageviews, 25, "counted once each");
     stop_all(a, b, &options).await;
@@ -558,7 +545,7 @@ async fn derived_state_is_right(server: &TestServer, key: &str) {
         let total = &answer.totals[0].metric_values;
         assert_eq!((int(&total[0]), int(&total[1])), (600, 5), "{source:?}");
     }
-    let live = realtime_of(server, ADMIN_KEY).await;
+    let live = realtime(server, ADMIN_KEY, false).await;
     let pageviews: i64 = live.minutes.iter().map(|m| m.pageviews).sum();
     assert_eq!((pageviews, live.active_visitors), (600, 5));
 }
@@ -846,17 +833,7 @@ fn pages_request(start: &str, include_bots: bool) -> v1::RunReportRequest {
 /// source of the answer.
 async fn top_pages(server: &TestServer, include_bots: bool) -> (Vec<(String, i64, i64)>, v1::DataSource) {
     let answer = report(server, pages_request("6daysAgo", include_bots)).await;
-    let mut rows: Vec<(String, i64, i64)> = answer
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                r.dimension_values[0].clone(),
-                int(&r.metric_values[0]),
-                int(&r.metric_values[1]),
-            )
-        })
-        .collect();
+    let mut rows = two_int_rows(&answer.rows);
     rows.sort();
     (rows, answer.metadata.unwrap().data_source())
 }
@@ -1016,7 +993,7 @@ async fn realtime_counters_live_in_redis_and_every_instance_reads_them() {
     }
     // Every instance reports them, per minute.
     for server in [&a, &b] {
-        let live = realtime_of(server, &query).await;
+        let live = realtime(server, &query, false).await;
         let by_minute: std::collections::BTreeMap<i64, (i64, i64)> = live
             .minutes
             .iter()

@@ -392,6 +392,16 @@ impl ScyllaStore {
         self.dedup_window_micros
     }
 
+    /// The claim key of an event and how long it lives (ms): while the
+    /// event's timestamp is inside the dedup window, a minute at least.
+    fn claim_key(&self, site: &SiteId, event: &StoredEvent, now: i64) -> (Vec<u8>, u64) {
+        let ttl_micros = (event.ts_micros + self.dedup_window_micros - now).max(60_000_000);
+        (
+            self.claims.key(site.as_str(), &event.event_id),
+            (ttl_micros / 1000) as u64,
+        )
+    }
+
     /// Remembers stored events' ids as stored (one pipeline), as an append
     /// does: for rebuilding them after Redis lost its data.
     pub async fn remember_stored(&self, site: &SiteId, events: &[StoredEvent]) -> Result<(), StorageError> {
@@ -399,13 +409,7 @@ impl ScyllaStore {
         let stored: Vec<(Vec<u8>, u64)> = events
             .iter()
             .filter(|e| e.ts_micros + self.dedup_window_micros > now)
-            .map(|e| {
-                let ttl_micros = (e.ts_micros + self.dedup_window_micros - now).max(60_000_000);
-                (
-                    self.claims.key(site.as_str(), &e.event_id),
-                    (ttl_micros / 1000) as u64,
-                )
-            })
+            .map(|e| self.claim_key(site, e, now))
             .collect();
         if stored.is_empty() {
             return Ok(());
@@ -708,13 +712,7 @@ impl EventStore for ScyllaStore {
         let now = now_micros();
         let keys: Vec<(Vec<u8>, u64)> = firsts
             .iter()
-            .map(|&i| {
-                let ttl_micros = (events[i].ts_micros + self.dedup_window_micros - now).max(60_000_000);
-                (
-                    self.claims.key(site.as_str(), &events[i].event_id),
-                    (ttl_micros / 1000) as u64,
-                )
-            })
+            .map(|&i| self.claim_key(site, &events[i], now))
             .collect();
         let mut redis = self.redis.clone();
         let mut found = self.claims.claim(&mut redis, &keys).await?;
