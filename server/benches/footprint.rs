@@ -109,19 +109,6 @@ async fn wait_for_compaction(log: &Path, seen: usize) -> usize {
     }
 }
 
-/// `VmRSS` and `VmHWM` of process `pid`, MiB.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Bytes of every file under `dir`.
 fn disk_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -203,7 +190,7 @@ async fn main() {
     let accepted = summary["accepted"].as_u64().unwrap_or_default();
     assert_eq!(accepted as usize, events, "every event accepted: {summary}");
     let seconds = started.elapsed().as_secs_f64();
-    let (rss_ingest, hwm_ingest) = memory_mib(server.id());
+    let (rss_ingest, hwm_ingest) = support::memory_mib(server.id());
     // As a server that has run a while: sealed hours compacted into columnar
     // segments (every 30 s in the background).
     eprintln!("footprint: waiting for the compactor to move every sealed hour into segments ...");
@@ -222,7 +209,7 @@ async fn main() {
     let bytes = disk_bytes(&data);
 
     let (server, startup) = serve(&data, &geo, &addr, &dir.path().join("second.log")).await;
-    let (rss_started, _) = memory_mib(server.id());
+    let (rss_started, _) = support::memory_mib(server.id());
     let channel = support::connect(addr.parse().unwrap()).await;
     let mut query = v1::query_service_client::QueryServiceClient::new(channel);
     let plan_pro = v1::FilterExpression {
@@ -247,7 +234,7 @@ async fn main() {
             "a report over the data set has rows"
         );
     }
-    let (rss_reports, hwm) = memory_mib(server.id());
+    let (rss_reports, hwm) = support::memory_mib(server.id());
     stop(server);
 
     println!(

@@ -263,15 +263,6 @@ fn du_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn text_row(row: &v1::Row) -> Vec<String> {
     row.dimension_values
         .iter()
@@ -314,7 +305,7 @@ async fn main() {
     println!(
         "on disk after ingest (minute packs): {:.1} bytes per event; process RSS (server + bench client): {:.0} MiB",
         store.disk_space().unwrap() as f64 / stored as f64,
-        rss_mib()
+        support::memory_mib(std::process::id()).0
     );
     // The background compactor moves sealed hours into columnar segments;
     // do it now (every hour, the current one included) and measure.
