@@ -132,8 +132,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The allocator commits its arenas eagerly, and with transparent huge
+    // pages every touched 2 MiB of them would be resident: about 30 MiB more
+    // on an idle server, and growing with every arena under load. Set before
+    // the runtime's threads start, so that it holds for the whole process.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Generate(args) => tally_server::generate::run(args).await,

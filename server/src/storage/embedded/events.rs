@@ -162,13 +162,19 @@ impl Writer {
             let ts = decode_i64(u64::from_be_bytes(minute.try_into().expect("8 bytes"))) * MINUTE_MICROS;
             let site_num = u32::from_be_bytes(site_num.try_into().expect("4 bytes"));
             for id in ids.chunks_exact(16) {
-                dedup.insert(fingerprint(site_num, id.try_into().expect("16 bytes")), ts);
+                dedup.load(fingerprint(site_num, id.try_into().expect("16 bytes")), ts);
             }
         }
         segments::ids_since(tables, first_minute * MINUTE_MICROS, |site_num, id, ts| {
-            dedup.insert(fingerprint(site_num, &id), ts);
+            dedup.load(fingerprint(site_num, &id), ts);
         })?;
-        tracing::info!(ids = dedup.len(), window_days, "dedup window loaded");
+        dedup.finish_loading();
+        tracing::info!(
+            ids = dedup.len(),
+            mib = dedup.heap_bytes() >> 20,
+            window_days,
+            "dedup window loaded"
+        );
         Ok(Self {
             db,
             events,

@@ -38,6 +38,11 @@ use crate::sessions::{self, VisitorVisits};
 
 /// Appends that may wait for the writer before callers are held back.
 const WRITER_QUEUE: usize = 1024;
+/// The database's cache of decompressed blocks. Reports read columnar
+/// segments in long sequential runs that a cache of any affordable size would
+/// not hold (the kernel's page cache serves them), so a small cache keeps
+/// the index and recent blocks and leaves memory to the rollups.
+const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 /// How often the compactor looks for sealed hours.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long after its end an hour stays in packs: events of the last
@@ -177,7 +182,7 @@ impl EmbeddedStore {
     pub fn open_with(dir: &Path, options: &EmbeddedOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StorageError::Io(format!("create {}: {err}", dir.display())))?;
-        let db = Database::builder(dir).open()?;
+        let db = Database::builder(dir).cache_size(BLOCK_CACHE_BYTES).open()?;
         let compressed = || {
             KeyspaceCreateOptions::default()
                 .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
