@@ -104,21 +104,21 @@ impl Ingest {
         metrics().store_sessionize.since(started);
         // The realtime view needs a few fields of each event after the store took them.
         let for_realtime: Vec<_> = to_store.iter().map(crate::realtime::Hit::of).collect();
-        // Rollups take the stored events after the store decided which are new.
-        let for_rollups = self.rollups.enabled().then(|| to_store.clone());
         let started = std::time::Instant::now();
-        let outcomes = self.store.append(&site, to_store).await?;
+        let outcomes = self.store.append(&site, &to_store).await?;
         metrics().store_append.since(started);
-        let is_new = outcomes.iter().map(|o| *o == AppendOutcome::Stored);
-        match &for_rollups {
-            Some(events) => self.rollups.apply(
+        // Rollups take the stored events once the store decided which are new.
+        if self.rollups.enabled() {
+            let is_new = outcomes.iter().map(|o| *o == AppendOutcome::Stored);
+            self.rollups.apply(
                 &facts.site.site_id,
-                events.iter().zip(is_new).filter_map(|(e, new)| new.then_some(e)),
-            ),
-            None if outcomes.contains(&AppendOutcome::Stored) => {
-                self.rollups.apply(&facts.site.site_id, std::iter::empty())
-            }
-            None => {}
+                to_store
+                    .iter()
+                    .zip(is_new)
+                    .filter_map(|(e, new)| new.then_some(e)),
+            );
+        } else if outcomes.contains(&AppendOutcome::Stored) {
+            self.rollups.apply(&facts.site.site_id, std::iter::empty());
         }
         let stored = for_realtime
             .into_iter()

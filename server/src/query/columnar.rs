@@ -756,9 +756,9 @@ mod tests {
         let all = events(base);
         // Half in segments, half still in packs.
         let (first, second) = all.split_at(all.len() / 2);
-        store.append(&site, first.to_vec()).await.unwrap();
+        store.append(&site, first).await.unwrap();
         store.compact_now(i64::MAX).unwrap();
-        store.append(&site, second.to_vec()).await.unwrap();
+        store.append(&site, second).await.unwrap();
         for (i, request) in requests().iter().enumerate() {
             let plan = super::super::plan::plan(&record, request, now).unwrap();
             let fast = run(&store, &site, &plan).expect("columnar path").unwrap();
@@ -783,7 +783,7 @@ mod tests {
         for e in &mut old {
             e.session = 0;
         }
-        store.append(&site, old).await.unwrap();
+        store.append(&site, &old).await.unwrap();
         let request = |metric: M, dim: D| v1::RunReportRequest {
             site_id: "a".into(),
             metrics: vec![metric as i32],

@@ -344,7 +344,7 @@ pub fn decode(mut input: &[u8]) -> Option<SiteRollups> {
         }
         let mut day = Day::default();
         for _ in 0..dims {
-            let mut cells = HashMap::new();
+            let mut cells = super::Cells::default();
             for _ in 0..take_varint(input)? {
                 let value = take_str(input)?;
                 cells.insert(value.into_boxed_str(), take_cell(input)?);

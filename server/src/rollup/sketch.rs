@@ -489,7 +489,10 @@ mod tests {
         assert_eq!(encoded_registers(&decoded), byte_registers(0..400_000u64));
         let mut union = Union::default();
         union.add(&decoded);
-        assert_eq!(union.registers.as_deref().unwrap().to_vec(), byte_registers(0..400_000u64));
+        assert_eq!(
+            union.registers.as_deref().unwrap().to_vec(),
+            byte_registers(0..400_000u64)
+        );
         let mut damaged = input.clone();
         damaged[9] = 60;
         assert!(Sketch::decode(&mut damaged.as_slice()).is_none(), "rank above 53");

@@ -107,7 +107,7 @@ async fn append_then_scan_in_time_order(store: Arc<dyn Store>) {
     let events: Vec<StoredEvent> = (0..10_000u128)
         .map(|n| event(n, ((n * 7919) % 10_000) as i64 * 1000))
         .collect();
-    let outcomes = store.append(&site, events.clone()).await.unwrap();
+    let outcomes = store.append(&site, &events).await.unwrap();
     assert!(outcomes.iter().all(|o| *o == AppendOutcome::Stored));
     let scanned = scan_all(&store, &site, i64::MIN, i64::MAX).await;
     assert_eq!(scanned.len(), events.len());
@@ -119,14 +119,11 @@ async fn append_then_scan_in_time_order(store: Arc<dyn Store>) {
 
 async fn duplicates_across_calls(store: Arc<dyn Store>) {
     let site = with_site(&store, "a").await;
-    let first = store
-        .append(&site, vec![event(1, 10), event(2, 20)])
-        .await
-        .unwrap();
+    let first = store.append(&site, &[event(1, 10), event(2, 20)]).await.unwrap();
     assert_eq!(first, vec![AppendOutcome::Stored, AppendOutcome::Stored]);
     // Same ids, even with other timestamps, are duplicates.
     let again = store
-        .append(&site, vec![event(2, 99), event(3, 30), event(1, 10)])
+        .append(&site, &[event(2, 99), event(3, 30), event(1, 10)])
         .await
         .unwrap();
     assert_eq!(
@@ -143,7 +140,7 @@ async fn duplicates_across_calls(store: Arc<dyn Store>) {
 async fn duplicates_within_a_call(store: Arc<dyn Store>) {
     let site = with_site(&store, "a").await;
     let outcomes = store
-        .append(&site, vec![event(5, 1), event(5, 2), event(6, 3)])
+        .append(&site, &[event(5, 1), event(5, 2), event(6, 3)])
         .await
         .unwrap();
     assert_eq!(
@@ -167,11 +164,11 @@ async fn duplicates_of_month_old_events(store: Arc<dyn Store>) {
     let day = 86_400_000_000;
     let old = event(1, -29 * day);
     assert_eq!(
-        store.append(&site, vec![old.clone()]).await.unwrap(),
+        store.append(&site, std::slice::from_ref(&old)).await.unwrap(),
         vec![AppendOutcome::Stored]
     );
     assert_eq!(
-        store.append(&site, vec![old]).await.unwrap(),
+        store.append(&site, &[old]).await.unwrap(),
         vec![AppendOutcome::Duplicate]
     );
     assert_eq!(scan_all(&store, &site, -30 * day, 0).await.len(), 1);
@@ -181,10 +178,10 @@ async fn separate_appends_merge_in_time_order(store: Arc<dyn Store>) {
     let site = with_site(&store, "a").await;
     // Three appends whose events interleave within one minute and across two.
     for call in 0..3u128 {
-        let events = (0..20u128)
+        let events: Vec<_> = (0..20u128)
             .map(|i| event(call * 100 + i, (i * 3 + call) as i64 * 2_000_000))
             .collect();
-        store.append(&site, events).await.unwrap();
+        store.append(&site, &events).await.unwrap();
     }
     let scanned = scan_all(&store, &site, 0, 120_000_000).await;
     let offsets: Vec<i64> = scanned.iter().map(|e| e.ts_micros - base()).collect();
@@ -197,8 +194,8 @@ async fn separate_appends_merge_in_time_order(store: Arc<dyn Store>) {
 
 async fn scan_range_is_half_open(store: Arc<dyn Store>) {
     let site = with_site(&store, "a").await;
-    let events = (0..10u128).map(|n| event(n, n as i64 * 100 - 500)).collect();
-    store.append(&site, events).await.unwrap();
+    let events: Vec<_> = (0..10u128).map(|n| event(n, n as i64 * 100 - 500)).collect();
+    store.append(&site, &events).await.unwrap();
     let got = scan_all(&store, &site, -300, 200).await;
     let offsets: Vec<i64> = got.iter().map(|e| e.ts_micros - base()).collect();
     assert_eq!(offsets, vec![-300, -200, -100, 0, 100]);
@@ -208,17 +205,17 @@ async fn scan_range_is_half_open(store: Arc<dyn Store>) {
 async fn sites_are_isolated(store: Arc<dyn Store>) {
     let a = with_site(&store, "a").await;
     let b = with_site(&store, "b").await;
-    store.append(&a, vec![event(1, 1), event(2, 2)]).await.unwrap();
+    store.append(&a, &[event(1, 1), event(2, 2)]).await.unwrap();
     // The same event id on another site is a different event.
     assert_eq!(
-        store.append(&b, vec![event(1, 1)]).await.unwrap(),
+        store.append(&b, &[event(1, 1)]).await.unwrap(),
         vec![AppendOutcome::Stored]
     );
     assert_eq!(scan_all(&store, &a, 0, 10).await.len(), 2);
     assert_eq!(scan_all(&store, &b, 0, 10).await.len(), 1);
     let unknown = SiteId::parse("nope").unwrap();
     assert!(scan_all(&store, &unknown, 0, 10).await.is_empty());
-    assert!(store.append(&unknown, vec![event(9, 1)]).await.is_err());
+    assert!(store.append(&unknown, &[event(9, 1)]).await.is_err());
 }
 
 async fn concurrent_appends_all_land_once(store: Arc<dyn Store>) {
@@ -232,8 +229,8 @@ async fn concurrent_appends_all_land_once(store: Arc<dyn Store>) {
             let mut stored = 0;
             for batch in 0..10u128 {
                 let start = (writer % 4) * 1000 + batch * 100;
-                let events = (start..start + 100).map(|n| event(n, n as i64)).collect();
-                let outcomes = store.append(&site, events).await.unwrap();
+                let events: Vec<_> = (start..start + 100).map(|n| event(n, n as i64)).collect();
+                let outcomes = store.append(&site, &events).await.unwrap();
                 stored += outcomes.iter().filter(|o| **o == AppendOutcome::Stored).count();
             }
             stored
@@ -400,11 +397,11 @@ async fn erasure_removes_a_visitor_or_a_user_and_keeps_their_ids_known(store: Ar
     events[3].visitor = 8;
     events[3].user_id = "ada".into();
     events[4].visitor = 9;
-    store.append(&site, events.clone()).await.unwrap();
+    store.append(&site, &events).await.unwrap();
     // The same visitor id on another site is someone else.
     let mut elsewhere = event(6, 0);
     elsewhere.visitor = 7;
-    store.append(&other, vec![elsewhere]).await.unwrap();
+    store.append(&other, &[elsewhere]).await.unwrap();
 
     assert_eq!(store.erase(&site, &Erase::Visitor(7)).await.unwrap(), 2);
     assert_eq!(store.erase(&site, &Erase::User("ada".into())).await.unwrap(), 2);
@@ -420,7 +417,7 @@ async fn erasure_removes_a_visitor_or_a_user_and_keeps_their_ids_known(store: Ar
     assert_eq!(left, vec![9]);
     assert_eq!(scan_all(&store, &other, i64::MIN, i64::MAX).await.len(), 1);
     // A client still retrying an erased event does not bring it back.
-    let again = store.append(&site, vec![events[0].clone()]).await.unwrap();
+    let again = store.append(&site, &[events[0].clone()]).await.unwrap();
     assert_eq!(again, vec![AppendOutcome::Duplicate]);
 }
 
@@ -433,7 +430,7 @@ async fn expiry_removes_events_older_than_the_cut(store: Arc<dyn Store>) {
         event(3, -hour),
         event(4, 0),
     ];
-    store.append(&site, events).await.unwrap();
+    store.append(&site, &events).await.unwrap();
     store.expire(&site, base() - 24 * hour).await.unwrap();
     let left: Vec<i64> = scan_all(&store, &site, i64::MIN, i64::MAX)
         .await

@@ -63,11 +63,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// whose timestamp is inside the backend's dedup window, which covers at
     /// least the 30 days of timestamps that ingest accepts. Returns one outcome
     /// per event, in order, once the events are durable.
-    async fn append(
-        &self,
-        site: &SiteId,
-        events: Vec<StoredEvent>,
-    ) -> Result<Vec<AppendOutcome>, StorageError>;
+    async fn append(&self, site: &SiteId, events: &[StoredEvent])
+    -> Result<Vec<AppendOutcome>, StorageError>;
 
     /// Streams a site's events with timestamps in `[from_micros, to_micros)`,
     /// ordered by timestamp, then event id.

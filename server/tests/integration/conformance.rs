@@ -53,7 +53,10 @@ async fn embedded_store_keeps_events_across_reopen() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         use tally_server::storage::{EventStore, SiteStore};
         store.insert_site(record).await.unwrap();
-        store.append(&site, (1..=100).map(event).collect()).await.unwrap();
+        store
+            .append(&site, &(1..=100).map(event).collect::<Vec<_>>())
+            .await
+            .unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
     use futures::TryStreamExt;
@@ -65,7 +68,7 @@ async fn embedded_store_keeps_events_across_reopen() {
         .unwrap();
     assert_eq!(chunks.concat().len(), 100);
     // The dedup index survived too.
-    let again = store.append(&site, vec![event(5), event(500)]).await.unwrap();
+    let again = store.append(&site, &[event(5), event(500)]).await.unwrap();
     use tally_server::storage::AppendOutcome::*;
     assert_eq!(again, vec![Duplicate, Stored]);
 }
@@ -95,7 +98,7 @@ async fn embedded_store_continues_visits_across_reopen() {
             .unwrap();
         let mut events = vec![event(1, 20)];
         store.sessionize(&site, timeout, &mut events).await.unwrap();
-        store.append(&site, events.clone()).await.unwrap();
+        store.append(&site, &events).await.unwrap();
         events.remove(0)
     };
     // After a restart, the visit state comes back from the stored events.

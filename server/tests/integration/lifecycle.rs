@@ -188,10 +188,10 @@ async fn retention_sweep_deletes_events_older_than_the_site_keeps() {
     let r = SiteId::parse("r").unwrap();
     let keep = SiteId::parse("keep").unwrap();
     store
-        .append(&r, vec![event(1, 5), event(2, 3), event(3, 1), event(4, 0)])
+        .append(&r, &[event(1, 5), event(2, 3), event(3, 1), event(4, 0)])
         .await
         .unwrap();
-    store.append(&keep, vec![event(5, 5)]).await.unwrap();
+    store.append(&keep, &[event(5, 5)]).await.unwrap();
     let rollups = Arc::new(Rollups::new(true));
     rollups.rebuild(store.as_ref()).await.unwrap();
     let admin = Admin::new(store.clone(), rollups.clone());

@@ -437,7 +437,7 @@ async fn the_window_is_rebuilt_from_the_store() {
         stored(3, 20, 3),
         stored(4, 45, 4),
     ];
-    store.append(&id, events).await.unwrap();
+    store.append(&id, &events).await.unwrap();
 
     let clock = Arc::new(ManualClock::at(now));
     let realtime = Realtime::new(Arc::new(MemoryRealtime::default()), clock);

@@ -312,7 +312,11 @@ mod tests {
                 assert!(window.contains(*fp), "holds {fp:#x}");
             }
             let absent = ids(3, 100_000);
-            assert!(absent.iter().all(|fp| model.contains_key(fp) || !window.contains(*fp)));
+            assert!(
+                absent
+                    .iter()
+                    .all(|fp| model.contains_key(fp) || !window.contains(*fp))
+            );
             assert!(
                 window.len() >= model.len(),
                 "{} held, {} expected",
@@ -327,7 +331,12 @@ mod tests {
         check(&window, &model);
         let forgotten = loaded.iter().filter(|fp| !model.contains_key(fp)).count();
         assert!(forgotten > 100_000, "{forgotten} forgotten");
-        assert!(loaded.iter().filter(|fp| !model.contains_key(fp)).all(|fp| !window.contains(*fp)));
+        assert!(
+            loaded
+                .iter()
+                .filter(|fp| !model.contains_key(fp))
+                .all(|fp| !window.contains(*fp))
+        );
         // Everything expires.
         window.prune(now + 100 * DAY_MICROS);
         assert_eq!(window.len(), 0);

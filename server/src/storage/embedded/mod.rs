@@ -463,7 +463,7 @@ impl EventStore for EmbeddedStore {
     async fn append(
         &self,
         site: &SiteId,
-        events: Vec<StoredEvent>,
+        events: &[StoredEvent],
     ) -> Result<Vec<AppendOutcome>, StorageError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -472,8 +472,8 @@ impl EventStore for EmbeddedStore {
             .site_num(site)
             .ok_or_else(|| StorageError::UnknownSite(site.to_string()))?;
         let events = events
-            .into_iter()
-            .map(|event| events::PreparedEvent::new(site_num, &event))
+            .iter()
+            .map(|event| events::PreparedEvent::new(site_num, event))
             .collect::<Result<Vec<_>, _>>()?;
         let (reply, outcome) = oneshot::channel();
         crate::metrics::metrics()
@@ -879,9 +879,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let (store, site) = with_site(dir.path()).await;
-                store.append(&site, early.clone()).await.unwrap();
+                store.append(&site, &early).await.unwrap();
                 store.inner.compact(i64::MAX, usize::MAX).unwrap();
-                store.append(&site, late.clone()).await.unwrap();
+                store.append(&site, &late).await.unwrap();
                 // The store stops after `stop_after` hours, as a crash
                 // between two hour batches would leave it.
                 store.inner.compact(i64::MAX, stop_after).unwrap();
@@ -891,7 +891,7 @@ mod tests {
                 scan_all(&store, &site).await == expected,
                 "stopped after {stop_after} hours"
             );
-            let again = store.append(&site, sent.clone()).await.unwrap();
+            let again = store.append(&site, &sent).await.unwrap();
             assert!(again.iter().all(|o| *o == AppendOutcome::Duplicate));
             store.compact_now(i64::MAX).unwrap();
             assert!(scan_all(&store, &site).await == expected);
@@ -913,7 +913,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, site) = with_site(dir.path()).await;
         let sent = sample_events(3);
-        store.append(&site, sent.clone()).await.unwrap();
+        store.append(&site, &sent).await.unwrap();
         store.compact_now(i64::MAX).unwrap();
         let visitor = sent[1].visitor;
         let erased = store.erase(&site, &Erase::Visitor(visitor)).await.unwrap();
@@ -933,12 +933,12 @@ mod tests {
         let left = scan_all(&store, &site).await;
         assert_eq!(left.len(), kept.len() - expected_expired);
         assert!(left.iter().all(|e| e.visitor != visitor && e.ts_micros >= cut));
-        let again = store.append(&site, vec![sent[1].clone()]).await.unwrap();
+        let again = store.append(&site, &[sent[1].clone()]).await.unwrap();
         assert_eq!(again, vec![AppendOutcome::Duplicate], "erased ids stay known");
         drop(store);
         let (store, site) = with_site(dir.path()).await;
         let again = store
-            .append(&site, vec![sent[1].clone(), left[0].clone()])
+            .append(&site, &[sent[1].clone(), left[0].clone()])
             .await
             .unwrap();
         assert_eq!(

@@ -690,7 +690,7 @@ impl EventStore for ScyllaStore {
     async fn append(
         &self,
         site: &SiteId,
-        events: Vec<StoredEvent>,
+        events: &[StoredEvent],
     ) -> Result<Vec<AppendOutcome>, StorageError> {
         if events.is_empty() {
             return Ok(Vec::new());
