@@ -252,8 +252,12 @@ impl Writer {
         let mut seq = self.next_pack_seq;
         for pack in accepted.chunk_by(|a, b| (a.site_num, a.minute()) == (b.site_num, b.minute())) {
             let (site_num, minute) = (pack[0].site_num, pack[0].minute());
-            let bytes: Vec<u8> = pack.iter().flat_map(|e| e.bytes.iter().copied()).collect();
-            let ids: Vec<u8> = pack.iter().flat_map(|e| e.id).collect();
+            let mut bytes = Vec::with_capacity(pack.iter().map(|e| e.bytes.len()).sum());
+            let mut ids = Vec::with_capacity(pack.len() * 16);
+            for event in pack {
+                bytes.extend_from_slice(&event.bytes);
+                ids.extend_from_slice(&event.id);
+            }
             batch.insert(&self.events, pack_key(site_num, minute, seq).to_vec(), bytes);
             batch.insert(&self.pack_ids, pack_ids_key(minute, site_num, seq).to_vec(), ids);
             seq += 1;
