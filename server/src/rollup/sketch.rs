@@ -33,7 +33,7 @@ pub enum Sketch {
     /// The ids, sorted, at most [`SPARSE_MAX`].
     Sparse(Vec<u64>),
     /// HyperLogLog registers: [`NIBBLES`] bytes of two four-bit registers
-    /// each (the even register in the low bits), then for each register at
+    /// each (see [`nibble_shift`]), then for each register at
     /// [`LARGE`] its index (`u16`, little-endian) and rank, by index.
     Dense(Box<[u8]>),
 }
@@ -72,8 +72,14 @@ fn empty_packed() -> Box<[u8]> {
     vec![0u8; NIBBLES].into_boxed_slice()
 }
 
+/// Register `i` is in byte `i % NIBBLES`: the low four bits for the first
+/// half of the registers, the high four for the second.
+fn nibble_shift(index: usize) -> usize {
+    (index / NIBBLES) * 4
+}
+
 fn nibble(packed: &[u8], index: usize) -> u8 {
-    (packed[index / 2] >> ((index % 2) * 4)) & 0x0f
+    (packed[index % NIBBLES] >> nibble_shift(index)) & 0x0f
 }
 
 /// The large ranks of packed registers: (index, rank) by index.
@@ -90,8 +96,8 @@ fn raise_packed(packed: &mut Box<[u8]>, index: usize, rank: u8) {
         return;
     }
     if rank < LARGE {
-        let shift = (index % 2) * 4;
-        packed[index / 2] = (packed[index / 2] & !(0x0f << shift)) | (rank << shift);
+        let shift = nibble_shift(index);
+        packed[index % NIBBLES] = (packed[index % NIBBLES] & !(0x0f << shift)) | (rank << shift);
         return;
     }
     if held == LARGE {
@@ -102,8 +108,7 @@ fn raise_packed(packed: &mut Box<[u8]>, index: usize, rank: u8) {
         *slot = (*slot).max(rank);
         return;
     }
-    let shift = (index % 2) * 4;
-    packed[index / 2] |= LARGE << shift;
+    packed[index % NIBBLES] |= LARGE << nibble_shift(index);
     let at = large_ranks(packed).take_while(|(i, _)| *i < index).count();
     let mut grown = Vec::with_capacity(packed.len() + 3);
     grown.extend_from_slice(&packed[..NIBBLES + 3 * at]);
@@ -115,9 +120,14 @@ fn raise_packed(packed: &mut Box<[u8]>, index: usize, rank: u8) {
 
 /// Raises `registers` to the packed registers, register by register.
 fn unpack_into(registers: &mut [u8; M], packed: &[u8]) {
-    for (pair, byte) in registers.chunks_exact_mut(2).zip(&packed[..NIBBLES]) {
-        pair[0] = pair[0].max(byte & 0x0f);
-        pair[1] = pair[1].max(byte >> 4);
+    // Two runs of registers, one per half of the bytes: loops the compiler
+    // turns into vector instructions.
+    let (low, high) = registers.split_at_mut(NIBBLES);
+    for (r, byte) in low.iter_mut().zip(&packed[..NIBBLES]) {
+        *r = (*r).max(byte & 0x0f);
+    }
+    for (r, byte) in high.iter_mut().zip(&packed[..NIBBLES]) {
+        *r = (*r).max(byte >> 4);
     }
     for (index, rank) in large_ranks(packed) {
         registers[index] = registers[index].max(rank);
@@ -161,10 +171,9 @@ impl Sketch {
                 }
                 // Registers now at 15 through `theirs` get its large rank.
                 for (index, rank) in large_ranks(theirs) {
-                    let shift = (index % 2) * 4;
                     if large_ranks(mine).all(|(i, _)| i != index) {
                         // Clear the 15 just merged in, so that the raise adds the rank.
-                        mine[index / 2] &= !(0x0f << shift);
+                        mine[index % NIBBLES] &= !(0x0f << nibble_shift(index));
                     }
                     raise_packed(mine, index, rank);
                 }

@@ -43,6 +43,11 @@ const WRITER_QUEUE: usize = 1024;
 /// not hold (the kernel's page cache serves them), so a small cache keeps
 /// the index and recent blocks and leaves memory to the rollups.
 const BLOCK_CACHE_BYTES: u64 = 8 << 20;
+/// Writes a keyspace holds in memory before it flushes them to a table file
+/// (the database's default is 64 MiB). Packs and segment columns are written
+/// in bulk and read back from disk, so a smaller buffer costs little and keeps
+/// memory, including what a restart replays from the journal, bounded.
+const MEMTABLE_BYTES: u64 = 16 << 20;
 /// How often the compactor looks for sealed hours.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long after its end an hour stays in packs: events of the last
@@ -185,11 +190,13 @@ impl EmbeddedStore {
         let db = Database::builder(dir).cache_size(BLOCK_CACHE_BYTES).open()?;
         let compressed = || {
             KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
                 .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
         };
         let uncompressed = || {
             // Segment columns are compressed column by column already.
             KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
                 .data_block_compression_policy(CompressionPolicy::all(CompressionType::None))
         };
         let inner = Inner {
@@ -198,7 +205,9 @@ impl EmbeddedStore {
                 packs: db.keyspace("events", compressed)?,
                 heads: db.keyspace("segment_heads", KeyspaceCreateOptions::default)?,
                 columns: db.keyspace("segment_columns", uncompressed)?,
-                pack_ids: db.keyspace("pack_ids", KeyspaceCreateOptions::default)?,
+                pack_ids: db.keyspace("pack_ids", || {
+                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                })?,
             },
             sites: db.keyspace("sites", KeyspaceCreateOptions::default)?,
             keys: db.keyspace("keys", KeyspaceCreateOptions::default)?,
