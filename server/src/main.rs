@@ -139,6 +139,8 @@ fn main() -> anyhow::Result<()> {
     // the runtime's threads start, so that it holds for the whole process.
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+    tally_alloc::return_freed_memory_every(std::time::Duration::from_secs(5))
+        .context("starting the memory purge thread")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
