@@ -247,10 +247,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = EmbeddedStore::open_with(&config.data_dir, &config.embedded_options())
         .with_context(|| format!("open data directory {}", config.data_dir.display()))?;
     tracing::info!(data_dir = %config.data_dir.display(), "embedded store open");
-    let store = Arc::new(store);
-    tally_server::server::run(listener, &config, store.clone(), shutdown_signal()).await?;
-    let flushing = std::time::Instant::now();
-    store.flush().context("flush the embedded store")?;
-    tracing::info!(elapsed = ?flushing.elapsed(), "embedded store flushed");
+    tally_server::server::run(listener, &config, Arc::new(store), shutdown_signal()).await?;
     Ok(())
 }

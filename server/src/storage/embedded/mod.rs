@@ -282,16 +282,6 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// Writes what every keyspace holds in memory to its table files, so that
-    /// the journal has nothing left to replay: a clean shutdown calls this,
-    /// and the next start neither reads the journal nor holds its writes.
-    pub fn flush(&self) -> Result<(), StorageError> {
-        for keyspace in self.inner.keyspaces() {
-            keyspace.rotate_memtable_and_wait()?;
-        }
-        Ok(())
-    }
-
     /// Bytes on disk by part: the journal, then each keyspace.
     pub fn disk_usage(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let mut parts = vec![("journal".to_owned(), self.inner.db.journal_disk_space()?)];
