@@ -13,8 +13,8 @@
 //! `VmRSS` / `VmHWM` of the server process from `/proc`: after start-up (the
 //! rollups rebuilt from the raw events), after a 30-day top-pages report
 //! and an ad-hoc report on a custom property, and once more after 45 s idle,
-//! when the allocator has handed back the start-up's scratch memory. So the figures are the server's
-//! alone, not a benchmark client's.
+//! when the allocator has handed back the start-up's scratch memory. So the
+//! figures are the server's alone, not a benchmark client's.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -240,8 +240,8 @@ async fn main() {
     let (rss_reports, _) = support::memory_mib(server.id());
     // Start-up frees the scratch memory of the rebuild (up to a third of the
     // peak); the allocator hands it back to the system when its threads next
-    // work, at the latest with the compactor's pass every 30 s. Idle for 45 s,
-    // the server is as it stays.
+    // work, or when `tally` asks it to (every 5 s). Idle for 45 s, the server
+    // is as it stays.
     eprintln!("footprint: idle for {SETTLE_SECONDS} s ...");
     tokio::time::sleep(Duration::from_secs(SETTLE_SECONDS)).await;
     let (rss_settled, hwm) = support::memory_mib(server.id());
