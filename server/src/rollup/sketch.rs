@@ -67,6 +67,12 @@ fn observe(registers: &mut [u8; M], id: u64) {
     }
 }
 
+/// [`observe`] for four-bit registers.
+fn observe_packed(packed: &mut Box<[u8]>, id: u64) {
+    let (index, rank) = register_of(id);
+    raise_packed(packed, index, rank);
+}
+
 /// Empty four-bit registers.
 fn empty_packed() -> Box<[u8]> {
     vec![0u8; NIBBLES].into_boxed_slice()
@@ -145,17 +151,13 @@ impl Sketch {
                     } else {
                         let mut packed = empty_packed();
                         for x in ids.iter().copied().chain([id]) {
-                            let (index, rank) = register_of(x);
-                            raise_packed(&mut packed, index, rank);
+                            observe_packed(&mut packed, x);
                         }
                         *self = Self::Dense(packed);
                     }
                 }
             }
-            Self::Dense(packed) => {
-                let (index, rank) = register_of(id);
-                raise_packed(packed, index, rank);
-            }
+            Self::Dense(packed) => observe_packed(packed, id),
         }
     }
 
@@ -180,10 +182,7 @@ impl Sketch {
             }
             (Self::Sparse(ids), Self::Dense(theirs)) => {
                 let mut packed = theirs.clone();
-                for id in ids.iter() {
-                    let (index, rank) = register_of(*id);
-                    raise_packed(&mut packed, index, rank);
-                }
+                ids.iter().for_each(|id| observe_packed(&mut packed, *id));
                 *self = Self::Dense(packed);
             }
         }
