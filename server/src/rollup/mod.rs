@@ -34,7 +34,7 @@ use tally_proto::v1::Dimension as D;
 use crate::domain::{PropValue, SiteId, SiteRecord, StoredEvent, now_micros};
 use crate::query::dims::{Dim, counts_in_reports};
 use crate::storage::{StorageError, Store};
-use sketch::Sketch;
+use sketch::{Hashed, Sketch};
 
 /// The dimensions rolled up per day and value.
 pub const DIMENSIONS: [D; 16] = [
@@ -79,13 +79,26 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn add(&mut self, e: &StoredEvent) {
+    /// Adds events, counting a visitor or visit repeated next to itself once.
+    fn add_run<'a>(&mut self, events: impl Iterator<Item = &'a Counted<'a>>) {
+        let mut last: Option<(Hashed, Hashed)> = None;
+        for e in events {
+            self.add_counts(e.event);
+            if last.is_none_or(|(v, _)| v != e.visitor) {
+                self.visitors.insert_hashed(e.visitor);
+            }
+            if last.is_none_or(|(_, s)| s != e.visit) {
+                self.visits.insert_hashed(e.visit);
+            }
+            last = Some((e.visitor, e.visit));
+        }
+    }
+
+    fn add_counts(&mut self, e: &StoredEvent) {
         self.events += 1;
         if e.event_kind().is_some_and(|k| k.is_view()) {
             self.pageviews += 1;
         }
-        self.visitors.insert(e.visitor);
-        self.visits.insert(e.session);
         if let Some(money) = &e.revenue
             && let Ok(code) = <[u8; 3]>::try_from(money.currency.as_bytes())
         {
@@ -124,6 +137,15 @@ impl Cell {
     }
 }
 
+/// An event on its way into the cells, with what every cell needs of it.
+struct Counted<'a> {
+    event: &'a StoredEvent,
+    /// The day in the site's time zone.
+    date: Option<NaiveDate>,
+    visitor: Hashed,
+    visit: Hashed,
+}
+
 /// One day of a site, in its time zone.
 #[derive(Debug, Default)]
 pub struct Day {
@@ -159,28 +181,66 @@ impl SiteRollups {
 
     /// Adds one stored event.
     pub fn apply(&mut self, e: &StoredEvent) {
-        note_property_kinds(&mut self.properties, e);
-        if !counts_in_reports(e, false) {
-            return;
+        self.apply_all(&[e]);
+    }
+
+    /// Adds stored events. Events next to each other often share an hour, a
+    /// day and values (a batch from one browser shares nearly all of them),
+    /// so each run of equal values costs one look-up, and a visitor or visit
+    /// repeated within a run is counted once.
+    pub fn apply_all<'a>(&mut self, events: &[&'a StoredEvent]) {
+        let mut counted: Vec<Counted<'_>> = Vec::with_capacity(events.len());
+        for e in events {
+            note_property_kinds(&mut self.properties, e);
+            if !counts_in_reports(e, false) {
+                continue;
+            }
+            counted.push(Counted {
+                event: e,
+                date: Utc
+                    .timestamp_micros(e.ts_micros)
+                    .single()
+                    .map(|t| t.with_timezone(&self.tz).date_naive()),
+                visitor: Hashed::new(e.visitor),
+                visit: Hashed::new(e.session),
+            });
         }
-        self.hours
-            .entry(e.ts_micros.div_euclid(HOUR_MICROS))
-            .or_default()
-            .add(e);
-        let Some(local) = Utc.timestamp_micros(e.ts_micros).single() else {
-            return;
-        };
-        let date = local.with_timezone(&self.tz).date_naive();
-        let day = self.days.entry(date).or_default();
-        if day.dims.is_empty() {
-            day.dims = DIMENSIONS.iter().map(|_| Cells::default()).collect();
+        let hour = |e: &Counted<'_>| e.event.ts_micros.div_euclid(HOUR_MICROS);
+        for run in counted.chunk_by(|a, b| hour(a) == hour(b)) {
+            let cell = self.hours.entry(hour(&run[0])).or_default();
+            cell.add_run(run.iter());
         }
-        for (d, cells) in DIMENSIONS.iter().zip(day.dims.iter_mut()) {
-            let value = Dim::Standard(*d).value(e, self.tz, "");
-            let value = value.as_deref().unwrap_or("");
-            match cells.get_mut(value) {
-                Some(cell) => cell.add(e),
-                None => cells.entry(value.into()).or_default().add(e),
+        // Events of several days are rare: sorted by day, stably.
+        if counted.windows(2).any(|w| w[0].date != w[1].date) {
+            counted.sort_by_key(|e| e.date);
+        }
+        let tz = self.tz;
+        for same_day in counted.chunk_by(|a, b| a.date == b.date) {
+            let Some(date) = same_day[0].date else {
+                continue;
+            };
+            let day = self.days.entry(date).or_default();
+            if day.dims.is_empty() {
+                day.dims = DIMENSIONS.iter().map(|_| Cells::default()).collect();
+            }
+            for (d, cells) in DIMENSIONS.iter().zip(day.dims.iter_mut()) {
+                let dim = Dim::Standard(*d);
+                fn value<'e>(dim: &Dim, e: &'e StoredEvent, tz: Tz) -> std::borrow::Cow<'e, str> {
+                    dim.value(e, tz, "").unwrap_or(std::borrow::Cow::Borrowed(""))
+                }
+                let value = |e: &Counted<'a>| value(&dim, e.event, tz);
+                let mut rest = same_day;
+                while let Some(first) = rest.first() {
+                    let key = value(first);
+                    let len = 1 + rest[1..].iter().take_while(|e| value(e) == key).count();
+                    let (run, after) = rest.split_at(len);
+                    let cell = match cells.get_mut(key.as_ref()) {
+                        Some(cell) => cell,
+                        None => cells.entry(key.as_ref().into()).or_default(),
+                    };
+                    cell.add_run(run.iter());
+                    rest = after;
+                }
             }
         }
     }
@@ -359,8 +419,8 @@ impl Rollups {
                 }
             };
             events += chunk.len() as u64;
+            rollups.apply_all(&chunk.iter().collect::<Vec<_>>());
             for e in &chunk {
-                rollups.apply(e);
                 // Received since the rebuild began (a second of clock margin).
                 if e.received_micros >= began - 1_000_000 {
                     recent.insert(e.event_id.clone());
@@ -374,9 +434,8 @@ impl Rollups {
             .expect("rollups lock")
             .take()
             .unwrap_or_default();
-        for e in pending.iter().filter(|e| !recent.contains(&e.event_id)) {
-            rollups.apply(e);
-        }
+        let pending: Vec<&StoredEvent> = pending.iter().filter(|e| !recent.contains(&e.event_id)).collect();
+        rollups.apply_all(&pending);
         if events > 0 {
             tracing::info!(
                 site = %site.site_id,
@@ -430,17 +489,15 @@ impl Rollups {
     pub fn apply<'a>(&self, site: &str, events: impl IntoIterator<Item = &'a StoredEvent>) {
         let entry = self.entry(site);
         let now = now_micros();
-        let mut late = false;
+        let events: Vec<&StoredEvent> = events.into_iter().collect();
+        let late = events.iter().any(|e| e.ts_micros < now - LATE_MICROS);
         {
             let mut guard = entry.rollups.write().expect("rollups lock");
             let mut rebuilding = entry.rebuilding.lock().expect("rollups lock");
-            for e in events {
-                late |= e.ts_micros < now - LATE_MICROS;
-                match (guard.as_mut(), rebuilding.as_mut()) {
-                    (Some(rollups), _) => rollups.apply(e),
-                    (None, Some(pending)) => pending.push(e.clone()),
-                    (None, None) => {}
-                }
+            match (guard.as_mut(), rebuilding.as_mut()) {
+                (Some(rollups), _) => rollups.apply_all(&events),
+                (None, Some(pending)) => pending.extend(events.into_iter().cloned()),
+                (None, None) => {}
             }
         }
         entry.generation.fetch_add(1, Ordering::Release);
@@ -472,4 +529,94 @@ impl Rollups {
 /// The time zone of a site's day buckets (UTC when the name is unknown).
 pub fn site_tz(site: &SiteRecord) -> Tz {
     Tz::from_str(&site.time_zone).unwrap_or(Tz::UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventKind, StoredMoney};
+
+    /// Every cell as bytes: counts, revenue and sketches.
+    fn cells(rollups: &SiteRollups) -> BTreeMap<String, Vec<u8>> {
+        let bytes = |cell: &Cell| {
+            let mut out = format!("{} {} {:?} ", cell.pageviews, cell.events, cell.revenue).into_bytes();
+            cell.visitors.encode(&mut out);
+            cell.visits.encode(&mut out);
+            out
+        };
+        let mut all = BTreeMap::new();
+        for (hour, cell) in &rollups.hours {
+            all.insert(format!("hour {hour}"), bytes(cell));
+        }
+        for (date, day) in &rollups.days {
+            for (d, cells) in DIMENSIONS.iter().zip(&day.dims) {
+                for (value, cell) in cells {
+                    all.insert(format!("{date} {d:?} {value}"), bytes(cell));
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_batch_adds_what_its_events_add_one_by_one() {
+        let start = 1_767_225_600_000_000; // 2026-01-01T00:00Z
+        // Runs of equal values, of the same visitor and visit, events of two
+        // days and hours out of order, bots, purchases and dense sketches.
+        let events: Vec<StoredEvent> = (0..3000i64)
+            .map(|i| StoredEvent {
+                ts_micros: start + ((i / 50) % 30) * HOUR_MICROS + i * 1_000_000,
+                kind: if i % 97 == 0 {
+                    EventKind::Custom
+                } else {
+                    EventKind::Pageview
+                } as i32,
+                name: if i % 97 == 0 {
+                    "purchase".into()
+                } else {
+                    "pageview".into()
+                },
+                path: format!("/p{}", (i / 3) % 7),
+                hostname: "shop.example".into(),
+                browser: if i % 400 < 200 { "Firefox" } else { "Chrome" }.into(),
+                country: if i % 11 == 0 { String::new() } else { "DE".into() },
+                visitor: (i / 4 % 700) as u64,
+                session: (i / 2 % 1100) as u64,
+                bot: i % 13 == 0,
+                revenue: (i % 97 == 0).then(|| StoredMoney {
+                    currency: "EUR".into(),
+                    units: i,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let tz = Tz::America__New_York;
+        let mut one_by_one = SiteRollups::new(tz);
+        events.iter().for_each(|e| one_by_one.apply(e));
+        let mut batched = SiteRollups::new(tz);
+        for batch in events.chunks(250) {
+            batched.apply_all(&batch.iter().collect::<Vec<_>>());
+        }
+        assert!(batched.days.len() >= 2);
+        let dense = |c: &Cell| matches!(c.visitors, Sketch::Dense(_));
+        assert!(one_by_one.days.values().any(|d| d.dims[1].values().any(dense)));
+        assert_eq!(cells(&batched), cells(&one_by_one));
+        // And both counted what the events hold.
+        let people: Vec<&StoredEvent> = events.iter().filter(|e| !e.bot).collect();
+        let events_counted: u64 = batched.hours.values().map(|c| c.events).sum();
+        assert_eq!(events_counted, people.len() as u64);
+        let browser = DIMENSIONS.iter().position(|d| *d == D::Browser).unwrap();
+        let firefox: u64 = batched
+            .days
+            .values()
+            .filter_map(|d| d.dims[browser].get("Firefox"))
+            .map(|c| c.pageviews)
+            .sum();
+        let expected = people
+            .iter()
+            .filter(|e| e.browser == "Firefox" && e.kind == EventKind::Pageview as i32)
+            .count();
+        assert_eq!(firefox, expected as u64);
+    }
 }

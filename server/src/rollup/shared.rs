@@ -179,7 +179,7 @@ impl SharedRollups {
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             events += chunk.len() as u64;
-            chunk.iter().for_each(|e| rollups.apply(e));
+            rollups.apply_all(&chunk.iter().collect::<Vec<_>>());
         }
         let rollups = Arc::new(rollups);
         // Storing only saves the next reader the scan: a failure is not the report's.

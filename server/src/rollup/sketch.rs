@@ -96,6 +96,7 @@ fn large_ranks(packed: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
 }
 
 /// Raises register `index` of packed registers to `rank`.
+#[inline]
 fn raise_packed(packed: &mut Box<[u8]>, index: usize, rank: u8) {
     let held = nibble(packed, index);
     if rank <= held {
@@ -140,9 +141,41 @@ fn unpack_into(registers: &mut [u8; M], packed: &[u8]) {
     }
 }
 
+/// An id with the register it raises, worked out once for every sketch the
+/// id goes in (an event goes in a dozen rollup cells).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    id: u64,
+    index: u16,
+    rank: u8,
+}
+
+impl Hashed {
+    /// `id` with its register.
+    pub fn new(id: u64) -> Self {
+        let (index, rank) = register_of(id);
+        Self {
+            id,
+            index: index as u16,
+            rank,
+        }
+    }
+
+    /// The id.
+    pub fn id(self) -> u64 {
+        self.id
+    }
+}
+
 impl Sketch {
     /// Adds an id.
     pub fn insert(&mut self, id: u64) {
+        self.insert_hashed(Hashed::new(id));
+    }
+
+    /// Adds an id whose register is worked out.
+    pub fn insert_hashed(&mut self, hashed: Hashed) {
+        let id = hashed.id;
         match self {
             Self::Sparse(ids) => {
                 if let Err(at) = ids.binary_search(&id) {
@@ -157,7 +190,7 @@ impl Sketch {
                     }
                 }
             }
-            Self::Dense(packed) => observe_packed(packed, id),
+            Self::Dense(packed) => raise_packed(packed, usize::from(hashed.index), hashed.rank),
         }
     }
 
