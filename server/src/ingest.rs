@@ -102,8 +102,6 @@ impl Ingest {
             .sessionize(&site, timeout_micros, &mut to_store)
             .await?;
         metrics().store_sessionize.since(started);
-        // The realtime view needs a few fields of each event after the store took them.
-        let for_realtime: Vec<_> = to_store.iter().map(crate::realtime::Hit::of).collect();
         let started = std::time::Instant::now();
         let outcomes = self.store.append(&site, &to_store).await?;
         metrics().store_append.since(started);
@@ -120,10 +118,12 @@ impl Ingest {
         } else if outcomes.contains(&AppendOutcome::Stored) {
             self.rollups.apply(&facts.site.site_id, std::iter::empty());
         }
-        let stored = for_realtime
-            .into_iter()
+        // The realtime counters take a few fields of each newly stored event.
+        let stored = to_store
+            .iter()
             .zip(&outcomes)
-            .filter_map(|(hit, outcome)| hit.filter(|_| *outcome == AppendOutcome::Stored));
+            .filter(|(_, outcome)| **outcome == AppendOutcome::Stored)
+            .filter_map(|(event, _)| crate::realtime::Hit::of(event));
         self.realtime.record(&site, stored).await;
         for (index, outcome) in accepted_indices.into_iter().zip(outcomes) {
             let result = &mut results[index];
