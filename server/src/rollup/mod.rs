@@ -21,6 +21,7 @@
 pub mod shared;
 pub mod sketch;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,23 +224,28 @@ impl SiteRollups {
             if day.dims.is_empty() {
                 day.dims = DIMENSIONS.iter().map(|_| Cells::default()).collect();
             }
-            for (d, cells) in DIMENSIONS.iter().zip(day.dims.iter_mut()) {
-                let dim = Dim::Standard(*d);
-                fn value<'e>(dim: &Dim, e: &'e StoredEvent, tz: Tz) -> std::borrow::Cow<'e, str> {
-                    dim.value(e, tz, "").unwrap_or(std::borrow::Cow::Borrowed(""))
-                }
-                let value = |e: &Counted<'a>| value(&dim, e.event, tz);
-                let mut rest = same_day;
-                while let Some(first) = rest.first() {
-                    let key = value(first);
-                    let len = 1 + rest[1..].iter().take_while(|e| value(e) == key).count();
-                    let (run, after) = rest.split_at(len);
+            // Each event's values, once: a run ends where the next value differs.
+            let values: Vec<[Cow<'a, str>; DIMENSIONS.len()]> = same_day
+                .iter()
+                .map(|e| {
+                    DIMENSIONS.map(|d| {
+                        Dim::Standard(d)
+                            .value(e.event, tz, "")
+                            .unwrap_or(Cow::Borrowed(""))
+                    })
+                })
+                .collect();
+            for (i, cells) in day.dims.iter_mut().enumerate() {
+                let mut start = 0;
+                while start < same_day.len() {
+                    let key = &values[start][i];
+                    let len = 1 + values[start + 1..].iter().take_while(|v| v[i] == *key).count();
                     let cell = match cells.get_mut(key.as_ref()) {
                         Some(cell) => cell,
                         None => cells.entry(key.as_ref().into()).or_default(),
                     };
-                    cell.add_run(run.iter());
-                    rest = after;
+                    cell.add_run(same_day[start..start + len].iter());
+                    start += len;
                 }
             }
         }
