@@ -393,6 +393,10 @@ impl<'a> PlainUrl<'a> {
         let mut label_start = 0;
         let mut last_label_digit = false;
         while let Some(&b) = bytes.get(at) {
+            // Punycode labels are checked by parsers.
+            if at == label_start && bytes[at..].starts_with(b"xn--") {
+                return None;
+            }
             match b {
                 b'a'..=b'z' | b'0'..=b'9' | b'-' => {}
                 b'.' if at > label_start => {
@@ -412,8 +416,8 @@ impl<'a> PlainUrl<'a> {
         }
         let host = &rest[..at];
         // A last label starting with a digit may be an IPv4 address, which
-        // parsers rewrite; punycode labels are checked by parsers.
-        if last_label_digit || host.starts_with("xn--") || host.contains(".xn--") {
+        // parsers rewrite.
+        if last_label_digit {
             return None;
         }
         let (before_fragment, fragment) = rest[at..].split_once('#').unwrap_or((&rest[at..], ""));
