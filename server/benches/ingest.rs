@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 mod figures;
 mod support;
 
-use support::{authed, connect, setting, start_tally};
+use support::{authed, batches, connect, setting, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -80,72 +80,6 @@ async fn start_noop() -> SocketAddr {
             ),
     );
     addr
-}
-
-/// One of a few hundred distinct browser user agents, as real traffic has.
-fn user_agent(n: usize) -> String {
-    match n % 4 {
-        0 => format!(
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{}.0.{}.0 Safari/537.36",
-            100 + n % 30,
-            6000 + n
-        ),
-        1 => format!(
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{} Mobile/15E148 Safari/604.1",
-            n % 7,
-            n % 5
-        ),
-        2 => format!(
-            "Mozilla/5.0 (Linux; Android {}; Pixel {}) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{}.0.0.0 Mobile Safari/537.36",
-            10 + n % 5,
-            n % 9,
-            110 + n % 15
-        ),
-        _ => format!(
-            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:{}.0) Gecko/20100101 Firefox/{}.0",
-            100 + n % 40,
-            100 + n % 40
-        ),
-    }
-}
-
-/// `count` distinct, valid page views in batches of `batch`, as pre-built requests.
-fn batches(count: usize, batch: usize) -> Vec<v1::TrackRequest> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let paths = ["/", "/pricing", "/docs", "/blog/launch", "/about"];
-    let events: Vec<v1::Event> = (0..count)
-        .map(|i| v1::Event {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            timestamp: Some(prost_types::Timestamp {
-                seconds: now.as_secs() as i64,
-                nanos: (i % 1_000_000) as i32 * 1000,
-            }),
-            r#type: v1::EventType::Pageview as i32,
-            url: format!("https://bench.example{}", paths[i % paths.len()]),
-            referrer: if i % 3 == 0 {
-                "https://www.google.com/".into()
-            } else {
-                String::new()
-            },
-            // Browser traffic forwarded by a backend: every enrichment stage
-            // runs (user agent, bot, source, visitor hash over address and agent).
-            context: Some(v1::Context {
-                user_agent: user_agent(i % 200),
-                ip: format!("10.{}.{}.{}", i % 7, (i / 7) % 250, i % 250),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect();
-    events
-        .chunks(batch)
-        .map(|c| v1::TrackRequest {
-            site_id: "bench".into(),
-            events: c.to_vec(),
-        })
-        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
