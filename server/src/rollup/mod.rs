@@ -567,7 +567,7 @@ mod tests {
     #[test]
     fn a_batch_adds_what_its_events_add_one_by_one() {
         let start = 1_767_225_600_000_000; // 2026-01-01T00:00Z
-        // Runs of equal values, of the same visitor and visit, events of two
+        // Runs of equal values, of the same visitor and visit, events of several
         // days and hours out of order, bots, purchases and dense sketches.
         let events: Vec<StoredEvent> = (0..3000i64)
             .map(|i| StoredEvent {
