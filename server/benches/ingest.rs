@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 mod figures;
 mod support;
 
-use support::{authed, batches, connect, setting, start_tally};
+use support::{authed, batches, connect, setting, shares, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -101,14 +101,7 @@ async fn drive(
         channels.push(connect(addr).await);
     }
     let events: usize = requests.iter().map(|r| r.events.len()).sum();
-    let per_task = requests.len().div_ceil(clients);
-    let mut shares: Vec<Vec<v1::TrackRequest>> = Vec::new();
-    let mut rest = requests;
-    while !rest.is_empty() {
-        let tail = rest.split_off(per_task.min(rest.len()));
-        shares.push(rest);
-        rest = tail;
-    }
+    let shares = shares(requests, clients);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {

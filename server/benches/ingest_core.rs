@@ -25,7 +25,7 @@ use tally_server::storage::embedded::EmbeddedStore;
 mod figures;
 mod support;
 
-use support::{batches, setting};
+use support::{batches, setting, shares};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -94,14 +94,7 @@ fn main() {
                 }
             })
             .await;
-            let per_task = requests.len().div_ceil(clients);
-            let mut shares = Vec::new();
-            let mut rest = requests;
-            while !rest.is_empty() {
-                let tail = rest.split_off(per_task.min(rest.len()));
-                shares.push(rest);
-                rest = tail;
-            }
+            let shares = shares(requests, clients);
             let started = Instant::now();
             let ingest = per_event(events, async {
                 let tasks: Vec<_> = shares

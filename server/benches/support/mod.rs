@@ -156,6 +156,19 @@ pub fn batches(count: usize, batch: usize) -> Vec<v1::TrackRequest> {
         .collect()
 }
 
+/// `items` in at most `parts` consecutive shares of equal size (the last may
+/// be smaller), one per client task.
+pub fn shares<T>(mut items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let per_share = items.len().div_ceil(parts.max(1)).max(1);
+    let mut shares = Vec::new();
+    while !items.is_empty() {
+        let tail = items.split_off(per_share.min(items.len()));
+        shares.push(items);
+        items = tail;
+    }
+    shares
+}
+
 /// A numeric setting from the environment, or `default`.
 pub fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
