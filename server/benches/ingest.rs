@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p tally-server --bench ingest`. `BENCH_EVENTS=N` sets the events per
 //! case (default 400,000), `BENCH_CLIENTS=N` the concurrent client tasks (default 64): each
 //! task waits for its answer before it sends again, so this is the number of requests in
-//! flight, which is what group commit can fold into one sync.
+//! flight, which is what group commit can fold into one sync. `BENCH_CASES` picks cases
+//! (`batch,stream,unary`, the default).
 //!
 //! Both servers receive the same pre-built messages over loopback from the same
 //! client tasks: batches of 100 with `Track`, batches of 100 on `TrackStream`,
@@ -13,10 +14,17 @@
 //! geo, visitor id), deduplicates and durably stores every event in its
 //! embedded store (group commit, fsync before the answer). The events are
 //! browser page views with a few hundred distinct user agents.
+//!
+//! Next to the rates it prints the CPU time the process (clients and server)
+//! spent per event in each measured run. Both servers keep the two cores
+//! busy, so the ratio of rates is close to the inverse ratio of CPU per event,
+//! and CPU per event moves less with the machine's load than the rates do.
+//! Before each measured run it writes `ingest: measuring <server> <case>` to
+//! stderr, which `tests/profile.sh` waits for.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tally_proto::v1::{
     self,
@@ -88,20 +96,38 @@ enum Mode {
     Stream,
 }
 
-/// Sends every request from `clients` tasks; returns events per second.
+/// What a run measured.
+struct Run {
+    events_per_second: f64,
+    /// CPU time of the whole process per event, microseconds.
+    cpu_micros_per_event: f64,
+}
+
+/// User plus system CPU time of this process so far, all threads.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th, in clock ticks of 10 ms.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Sends every request from `clients` tasks.
 async fn drive(
     addr: SocketAddr,
     key: &str,
     requests: Vec<v1::TrackRequest>,
     mode: Mode,
     clients: usize,
-) -> f64 {
+) -> Run {
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         channels.push(connect(addr).await);
     }
     let events: usize = requests.iter().map(|r| r.events.len()).sum();
     let shares = shares(requests, clients);
+    let cpu = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
@@ -141,13 +167,19 @@ async fn drive(
         accepted += task.await.unwrap();
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu() - cpu;
     assert_eq!(accepted as usize, events, "every event accepted");
-    events as f64 / elapsed.as_secs_f64()
+    Run {
+        events_per_second: events as f64 / elapsed.as_secs_f64(),
+        cpu_micros_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+    }
 }
 
 fn main() {
     let total = setting("BENCH_EVENTS", 400_000).max(1);
     let clients = setting("BENCH_CLIENTS", 64).max(1);
+    let chosen = std::env::var("BENCH_CASES").unwrap_or_else(|_| "batch,stream,unary".into());
+    let chosen: Vec<&str> = chosen.split(',').map(str::trim).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,8 +193,8 @@ fn main() {
             "ingest benchmark: {total} events per case, {clients} client tasks on {CHANNELS} connections"
         );
         println!(
-            "{:<28} {:>14} {:>14} {:>8}",
-            "case", "no-op ev/s", "tally ev/s", "ratio"
+            "{:<28} {:>12} {:>12} {:>7} {:>13} {:>13}",
+            "case", "no-op ev/s", "tally ev/s", "ratio", "no-op CPU/ev", "tally CPU/ev"
         );
         let cases: [(&str, &str, usize, usize, Mode); 3] = [
             ("Track, batches of 100", "batch", total, 100, Mode::Unary),
@@ -170,17 +202,38 @@ fn main() {
             ("Track, single events", "unary", total / 10, 1, Mode::Unary),
         ];
         for (name, key_name, count, batch, mode) in cases {
+            if !chosen.contains(&key_name) {
+                continue;
+            }
             // Warm up both, then measure; every run sends fresh event ids.
             drive(noop, &key, batches(count / 10, batch), mode, clients).await;
             drive(tally, &key, batches(count / 10, batch), mode, clients).await;
-            let base = drive(noop, &key, batches(count, batch), mode, clients).await;
-            let ours = drive(tally, &key, batches(count, batch), mode, clients).await;
+            let requests = batches(count, batch);
+            eprintln!("ingest: measuring no-op {key_name}");
+            let base = drive(noop, &key, requests, mode, clients).await;
+            eprintln!("ingest: measured no-op {key_name}");
+            let requests = batches(count, batch);
+            eprintln!("ingest: measuring tally {key_name}");
+            let ours = drive(tally, &key, requests, mode, clients).await;
+            eprintln!("ingest: measured tally {key_name}");
             stored += count + count / 10;
-            figures::record(&format!("ingest.noop.{key_name}"), base);
-            figures::record(&format!("ingest.tally.{key_name}"), ours);
+            figures::record(&format!("ingest.noop.{key_name}"), base.events_per_second);
+            figures::record(&format!("ingest.tally.{key_name}"), ours.events_per_second);
+            figures::record(
+                &format!("ingest.noop_cpu_us.{key_name}"),
+                base.cpu_micros_per_event,
+            );
+            figures::record(
+                &format!("ingest.tally_cpu_us.{key_name}"),
+                ours.cpu_micros_per_event,
+            );
             println!(
-                "{name:<28} {base:>14.0} {ours:>14.0} {:>7.1}%",
-                100.0 * ours / base
+                "{name:<28} {:>12.0} {:>12.0} {:>6.1}% {:>10.2} us {:>10.2} us",
+                base.events_per_second,
+                ours.events_per_second,
+                100.0 * ours.events_per_second / base.events_per_second,
+                base.cpu_micros_per_event,
+                ours.cpu_micros_per_event,
             );
         }
         let disk = store.disk_space().unwrap();
