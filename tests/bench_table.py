@@ -67,6 +67,15 @@ def main():
     ratio = None if ours is None or not base else ours / base
     row("ingest, `Track` single events", num(ours, " ev/s"), f"no-op tonic {num(base, ' ev/s')}",
         num(None if ratio is None else 100 * ratio, "%"), ">= 50% of no-op", None if ratio is None else ratio >= 0.5)
+    # CPU time of the whole process per event in the same runs: both servers
+    # keep the cores busy in batches, so the rate ratio follows this one.
+    for key, what in [("batch", "`Track` batches of 100"), ("stream", "`TrackStream`"), ("unary", "`Track` single events")]:
+        ours, base = get(f"ingest.tally_cpu_us.{key}"), get(f"ingest.noop_cpu_us.{key}")
+        if ours is None and base is None:
+            continue
+        ratio = None if ours is None or not base else base / ours
+        row(f"ingest CPU per event, {what}", num(ours, " us"), f"no-op tonic {num(base, ' us')}",
+            num(None if ratio is None else 100 * ratio, "% (no-op / tally)"), "(no target)", "info")
     warm, native, cold = get("enrich.warm_ns"), get("enrich.native_ns"), get("enrich.cold_ns")
     row("enrichment, browser event (warm UA cache)", num(warm, " ns"), f"native event {num(native, ' ns')}",
         num(None if warm is None or not native else warm / native, "x"), "(no target)", "info")
