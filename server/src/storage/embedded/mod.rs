@@ -48,6 +48,14 @@ const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 /// in bulk and read back from disk, so a smaller buffer costs little and keeps
 /// memory, including what a restart replays from the journal, bounded.
 const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Journal the database keeps before it flushes the memtables that hold the
+/// oldest of it (its default is 512 MiB, the least it takes is 64 MiB). A
+/// journal file goes only once every keyspace has flushed what it holds,
+/// and keyspaces written a few bytes at a time (the pack sequence on every
+/// group commit, sites, keys) fill their memtables rarely: without a lower
+/// cap the journal grew to 512 MiB, 300 bytes per recent event on disk and
+/// as much to replay at start-up.
+const JOURNAL_BYTES: u64 = 64 << 20;
 /// How often the compactor looks for sealed hours.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long after its end an hour stays in packs: events of the last
@@ -194,6 +202,7 @@ impl EmbeddedStore {
         let db = Database::builder(dir)
             .cache_size(BLOCK_CACHE_BYTES)
             .journal_compression(CompressionType::None)
+            .max_journaling_size(JOURNAL_BYTES)
             .open()?;
         let compressed = || {
             KeyspaceCreateOptions::default()
@@ -922,6 +931,52 @@ mod tests {
             );
             assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), sent.len());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_journal_stays_near_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site) = with_site(dir.path()).await;
+        let journal = |store: &EmbeddedStore| store.disk_usage().unwrap()[0].1;
+        // 160 MiB of events, in group commits that also bump the pack
+        // sequence in the small `meta` keyspace, as ingest does.
+        let blob = "x".repeat(8 << 10);
+        let base = base();
+        for batch in 0..200i64 {
+            let events: Vec<StoredEvent> = (0..100i64)
+                .map(|n| {
+                    let n = batch * 100 + n;
+                    let mut e = StoredEvent {
+                        event_id: uuid::Uuid::from_u128(n as u128 + 1).as_bytes().to_vec(),
+                        ts_micros: base + n * 1_000,
+                        kind: 1,
+                        ..Default::default()
+                    };
+                    e.properties.insert(
+                        "blob".into(),
+                        StoredProp {
+                            value: Some(PropValue::Str(blob.clone())),
+                        },
+                    );
+                    e
+                })
+                .collect();
+            store.append(&site, &events).await.unwrap();
+        }
+        // Flushes run in the background: a journal file goes once they are
+        // done. (Within the compactor's first 30 s, whose reclaim would
+        // flush everything.)
+        let cap = JOURNAL_BYTES + (32 << 20);
+        let waited = std::time::Instant::now();
+        while journal(&store) > cap && waited.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            journal(&store) <= cap,
+            "journal of {} MiB after 160 MiB of events",
+            journal(&store) >> 20
+        );
+        assert_eq!(scan_all(&store, &site).await.len(), 20_000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
