@@ -86,7 +86,7 @@ def table(log, case, noop_path, tally_path):
     label = {"batch": "Track, batches of 100", "stream": "TrackStream, 100 per msg", "unary": "Track, single events"}[case]
     with open(log, encoding="utf-8") as lines:
         row = next(line for line in lines if line.startswith(label))
-    noop_cpu, tally_cpu = (float(x) for x in re.findall(r"([0-9.]+) us", row)[-2:])
+    noop_rate, tally_rate, _, noop_cpu, tally_cpu = (float(x) for x in re.findall(r"[0-9.]+", row[len(label):]))
     runs = [("no-op", noop_cpu, *shares(noop_path)), ("tally", tally_cpu, *shares(tally_path))]
     print(f"\nCPU per event, whole process (clients and server), case {case}:")
     print(f"{'part':<40} {'no-op us/ev':>11} {'share':>6} {'tally us/ev':>11} {'share':>6}")
@@ -98,8 +98,10 @@ def table(log, case, noop_path, tally_path):
         if any(samples[name] for _, _, samples, _ in runs):
             print(f"{name:<40} {cells[0]} {cells[1]}")
     print(f"{'total':<40} {noop_cpu:>11.2f} {'':>6} {tally_cpu:>11.2f}")
-    print(f"samples: no-op {runs[0][3]}, tally {runs[1][3]}; "
-          f"the ratio of rates is about {100 * noop_cpu / tally_cpu:.0f}% when both keep every core busy")
+    print(f"samples: no-op {runs[0][3]}, tally {runs[1][3]}")
+    print(f"cores busy (events/s times CPU per event): no-op {noop_rate * noop_cpu / 1e6:.2f}, "
+          f"tally {tally_rate * tally_cpu / 1e6:.2f}; with both at the same, the ratio of rates "
+          f"would be the ratio of CPU per event, {100 * noop_cpu / tally_cpu:.0f}%")
 
 
 if __name__ == "__main__":
