@@ -72,6 +72,11 @@ record() {
   wait_for "$3"
   kill -INT $perf_pid
   wait $perf_pid || true
+  if [ ! -s "$out/$1.data" ]; then
+    echo "profile: perf recorded nothing for the $1 run:" >&2
+    cat "$out/$1.perf.err" >&2
+    exit 1
+  fi
   echo "profile: recorded the $1 run"
 }
 record noop "ingest: measuring no-op $case" "ingest: measured no-op $case"
