@@ -12,11 +12,12 @@
 # server, then under perf, whose stack copies slow both servers down, for the
 # share of each part. It prints, per part, the CPU time per event for each
 # server (the first run's CPU per event times the part's share of the samples
-# in the second run), and keeps each profiled run's
-# stacks folded, one line per stack, for flame graph tools (e.g. `cargo
-# install inferno`, then `inferno-flamegraph < tally.folded > tally.svg`).
-# Files stay in $CARGO_TARGET_DIR/profile/<time>/. BENCH_EVENTS and
-# BENCH_CLIENTS pass through to the bench.
+# in the second run), and keeps each profiled run's stacks folded, one line
+# per stack, for flame graph tools (e.g. `cargo install inferno`, then
+# `inferno-flamegraph < tally.folded > tally.svg`). Files stay in
+# $CARGO_TARGET_DIR/profile/<time>/. BENCH_EVENTS sets the events of the
+# profiled run (the first run takes a quarter of them); BENCH_CLIENTS passes
+# through to the bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

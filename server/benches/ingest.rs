@@ -16,9 +16,10 @@
 //! browser page views with a few hundred distinct user agents.
 //!
 //! Next to the rates it prints the CPU time the process (clients and server)
-//! spent per event in each measured run. Both servers keep the two cores
-//! busy, so the ratio of rates is close to the inverse ratio of CPU per event,
-//! and CPU per event moves less with the machine's load than the rates do.
+//! spent per event in each measured run. In batches and streams both servers
+//! keep the two cores busy, so the ratio of rates is close to the inverse
+//! ratio of CPU per event, which moves less with the machine's load than the
+//! rates do.
 //! Before each measured run it writes `ingest: measuring <server> <case>` to
 //! stderr, which `tests/profile.sh` waits for.
 

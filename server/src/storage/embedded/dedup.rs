@@ -7,9 +7,10 @@
 //! the top 16 bits of a fingerprint pick one of 65,536 buckets (a directory of
 //! bucket starts), and each entry keeps the other 48 bits and the day. A
 //! look-up starts in its bucket (about 150 entries at 10 million events) where
-//! the fingerprint's low bits say it should be, and walks from there. New fingerprints go to a small hash table first, which is merged
-//! into the array, in place, once it holds a thirty-second of it. No disk read
-//! or index write per event.
+//! the fingerprint's low bits say it should be, and walks from there. New
+//! fingerprints go to a small hash table first, which is merged into the
+//! array, in place, once it holds a thirty-second of it. No disk read or
+//! index write per event.
 //!
 //! A fingerprint collision (two different ids with the same 64 bits) would
 //! turn a new event into a duplicate; with n events in the window its chance
