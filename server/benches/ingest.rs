@@ -25,7 +25,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tally_proto::v1::{
     self,
@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 mod figures;
 mod support;
 
-use support::{authed, batches, connect, setting, shares, start_tally};
+use support::{authed, batches, connect, cpu_seconds, setting, shares, start_tally};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
@@ -104,16 +104,6 @@ struct Run {
     cpu_micros_per_event: f64,
 }
 
-/// User plus system CPU time of this process so far, all threads.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name, which is in parentheses: utime and
-    // stime are the 12th and 13th, in clock ticks of 10 ms.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 /// Sends every request from `clients` tasks.
 async fn drive(
     addr: SocketAddr,
@@ -128,7 +118,7 @@ async fn drive(
     }
     let events: usize = requests.iter().map(|r| r.events.len()).sum();
     let shares = shares(requests, clients);
-    let cpu = process_cpu();
+    let (user, system) = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
@@ -168,11 +158,12 @@ async fn drive(
         accepted += task.await.unwrap();
     }
     let elapsed = started.elapsed();
-    let cpu = process_cpu() - cpu;
+    let (user_after, system_after) = cpu_seconds();
+    let cpu_seconds = (user_after - user) + (system_after - system);
     assert_eq!(accepted as usize, events, "every event accepted");
     Run {
         events_per_second: events as f64 / elapsed.as_secs_f64(),
-        cpu_micros_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+        cpu_micros_per_event: cpu_seconds * 1e6 / events as f64,
     }
 }
 

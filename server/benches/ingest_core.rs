@@ -25,20 +25,11 @@ use tally_server::storage::embedded::EmbeddedStore;
 mod figures;
 mod support;
 
-use support::{batches, setting, shares};
+use support::{batches, cpu_seconds, setting, shares};
 
 // The same allocator as the `tally` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The process's (user, system) CPU seconds.
-fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name: utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks = |i: usize| fields[i].parse::<f64>().unwrap() / 100.0;
-    (ticks(11), ticks(12))
-}
 
 /// Runs `work` and returns its (user, system) CPU nanoseconds per event.
 async fn per_event<F: std::future::Future<Output = ()>>(events: usize, work: F) -> (f64, f64) {

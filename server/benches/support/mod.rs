@@ -169,6 +169,16 @@ pub fn shares<T>(mut items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
     shares
 }
 
+/// The process's (user, system) CPU seconds so far, all threads.
+pub fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th, in clock ticks of 10 ms.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().unwrap() / 100.0;
+    (ticks(11), ticks(12))
+}
+
 /// A numeric setting from the environment, or `default`.
 pub fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
